@@ -1,0 +1,116 @@
+"""Dataclass configs built from YAML / dicts, with unknown keys refused.
+
+YAML is parsed by PyYAML and dicts are turned into dataclasses by dacite in
+strict mode, so a typo such as ``lerning_rate`` fails loudly with the key's
+dotted path instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dacite
+import yaml
+
+from bind.errors import ConfigError
+
+__all__ = ["apply_overrides", "config_to_dict", "from_dict", "load_yaml"]
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types.
+
+    Args:
+        cls: the dataclass type to build.
+        data: a mapping (e.g. parsed YAML); ``None`` means all defaults.
+        where: a name for the config in error messages (a file path or a section).
+
+    Raises:
+        ConfigError: naming the unknown key(s) or the field with the wrong type.
+    """
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    try:
+        return dacite.from_dict(cls, dict(data), config=dacite.Config(strict=True, cast=[tuple]))
+    except dacite.UnexpectedDataError as err:
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        raise ConfigError(
+            f"{where}: unknown config key(s) {sorted(err.keys)} for {cls.__name__}; known keys: {known}"
+        ) from None
+    except dacite.WrongTypeError as err:
+        raise ConfigError(
+            f"{where}: key '{err.field_path}' expects {err.field_type}, got {err.value!r}"
+        ) from None
+    except dacite.MissingValueError as err:
+        raise ConfigError(f"{where}: required key '{err.field_path}' is missing") from None
+    except dacite.DaciteError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML/JSON-serialisable dict of a dataclass config (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; an unreadable or non-mapping file is a :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a copy of ``data``.
+
+    Unknown keys are not checked here: the dataclass build that follows refuses them,
+    so an override can add an optional section but never a misspelt key.
+    """
+    result = copy.deepcopy(dict(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+        node: dict[str, Any] = result
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return result

@@ -1,0 +1,197 @@
+"""`BindModel`: the frozen image anchor plus any set of modality plugins, in one space."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bind.anchor import AnchorConfig, FrozenAnchor
+from bind.config import config_to_dict, from_dict
+from bind.errors import ConfigError, UnknownModalityError
+from bind.plugin import ModalityPlugin, move_to_device
+from bind.registry import ANCHOR_MODALITY, create_plugin, list_modalities
+
+__all__ = ["BindModel", "ModelConfig"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    """The anchor's config and one config mapping per plugin modality (validated by the plugin)."""
+
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class BindModel(nn.Module):
+    """A frozen image anchor and the plugins bound to it.
+
+    Example::
+
+        model = BindModel.from_config({"modalities": {"text": {}, "audio": {}}})
+        emb = model.embed({"image": ["cat.jpg"], "text": ["a cat"], "audio": ["meow.wav"]})
+        emb["text"] @ emb["image"].T   # cosine similarities
+    """
+
+    def __init__(self, anchor: FrozenAnchor, plugins: Mapping[str, ModalityPlugin]) -> None:
+        super().__init__()
+        self.anchor = anchor
+        self.plugins = nn.ModuleDict(dict(plugins))
+        for name, plugin in self.plugins.items():
+            if plugin.embed_dim != anchor.embed_dim:
+                raise ConfigError(
+                    f"plugin '{name}' projects to {plugin.embed_dim} dims but the anchor has {anchor.embed_dim}"
+                )
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: ModelConfig | Mapping[str, Any] | None = None) -> BindModel:
+        """Build the anchor and every plugin named in ``config.modalities``."""
+        if not isinstance(config, ModelConfig):
+            config = from_dict(ModelConfig, config, where="model")
+        anchor = FrozenAnchor(config.anchor)
+        plugins = {
+            name: create_plugin(name, plugin_cfg or {}, embed_dim=anchor.embed_dim)
+            for name, plugin_cfg in config.modalities.items()
+        }
+        return cls(anchor, plugins)
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig(
+            anchor=self.anchor.config,
+            modalities={name: p.config_dict() for name, p in self.plugins.items()},
+        )
+
+    @property
+    def modalities(self) -> list[str]:
+        """``["image", *plugins]``."""
+        return [ANCHOR_MODALITY, *self.plugins.keys()]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.anchor.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.anchor.parameters()).device
+
+    def plugin(self, name: str) -> ModalityPlugin:
+        """The plugin for ``name``; an unknown name raises :class:`UnknownModalityError`."""
+        if name in self.plugins:
+            return self.plugins[name]
+        raise UnknownModalityError(
+            f"modality {name!r} is not part of this model; it has {self.modalities} "
+            f"(registered plugins: {list_modalities()})"
+        )
+
+    def processor(self, name: str) -> FrozenAnchor | ModalityPlugin:
+        """Whatever loads, collates and encodes ``name``: the anchor for ``image``, else its plugin."""
+        return self.anchor if name == ANCHOR_MODALITY else self.plugin(name)
+
+    # ------------------------------------------------------------------ inference
+    def load(self, modality: str, sources: Sequence[Any], *, train: bool = False) -> Any:
+        """Read and collate raw inputs of one modality into a batch."""
+        return self.processor(modality).load_batch(list(sources), train=train)
+
+    def encode(self, modality: str, batch: Any) -> torch.Tensor:
+        """Embed an already collated batch of one modality."""
+        return self.processor(modality)(move_to_device(batch, self.device))
+
+    def embed(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Embed raw inputs (lists of paths/bytes/arrays/strings) or collated batches.
+
+        Args:
+            inputs: ``{modality: inputs}``; a list or tuple is read with the modality's loader,
+                anything else is taken as a collated batch.
+
+        Returns:
+            ``{modality: (N, embed_dim) L2-normalised tensor}``.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for name, value in inputs.items():
+            processor = self.processor(name)
+            batch = processor.load_batch(list(value)) if isinstance(value, (list, tuple)) else value
+            out[name] = self.encode(name, batch)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every plugin weight that training can change, plus plugin buffers.
+
+        The anchor and frozen plugin backbones are rebuilt from their configs on load, so they are
+        not stored: a bound model is a few MB even when its text backbone is large.
+        """
+        state: dict[str, torch.Tensor] = {}
+        for name, plugin in self.plugins.items():
+            full = plugin.state_dict()
+            keep = {n for n, p in plugin.named_parameters() if p.requires_grad}
+            keep |= {n for n, _ in plugin.named_buffers()}
+            for key in keep & full.keys():
+                state[f"plugins.{name}.{key}"] = full[key].detach().contiguous().cpu()
+        return state
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": "anchorbind",
+            "format_version": FORMAT_VERSION,
+            "anchor_identity": self.anchor.identity,
+            **config_to_dict(self.config),
+        }
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            save_file(self.trainable_state_dict(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                directory.rename(old)
+                tmp.rename(directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+    ) -> BindModel:
+        """Rebuild a model saved by :meth:`save_pretrained`; nothing is unpickled."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise ConfigError(f"{directory}: not a saved BindModel (no {CONFIG_NAME})")
+        meta = json.loads(config_path.read_text())
+        if meta.get("format") != "anchorbind":
+            raise ConfigError(f"{config_path}: not an AnchorBind config (format={meta.get('format')!r})")
+        model = cls.from_config({"anchor": meta["anchor"], "modalities": meta["modalities"]})
+        if model.anchor.identity != meta.get("anchor_identity"):
+            raise ConfigError(
+                f"{directory}: saved with anchor {meta.get('anchor_identity')} but its config now builds "
+                f"{model.anchor.identity}; the weights would not match"
+            )
+        state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
+        expected = model.trainable_state_dict().keys()
+        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        if missing or unexpected:
+            raise ConfigError(f"{directory}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+        model.load_state_dict(state, strict=False)
+        return model.to(map_location)
