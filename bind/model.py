@@ -128,6 +128,54 @@ class BindModel(nn.Module):
             out[name] = self.encode(name, batch)
         return out
 
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        """Embed every modality of a loader batch (see ``bind.data.loader``), for training.
+
+        Rows missing a modality (``batch["mask"][m]`` False) get zero vectors, so every embedding
+        tensor has the batch's full length and rows stay aligned across modalities. The anchor's
+        embeddings come from the cache (``batch["image_embedding"]``) when present, else the
+        frozen anchor runs live (without autograd).
+
+        Returns:
+            ``{"embeddings": {m: (B, D)}, "masks": {m: (B,) bool}, "logit_scales": {m: scalar},
+            "native": {m: scalar}}`` — ``native`` holds each plugin's auxiliary objective when its
+            ``native_loss_weight`` is positive (already multiplied by that weight).
+        """
+        masks_in: Mapping[str, torch.Tensor] = batch["mask"]
+        size = len(batch["__key__"])
+        embeddings: dict[str, torch.Tensor] = {}
+        masks: dict[str, torch.Tensor] = {}
+        native: dict[str, torch.Tensor] = {}
+        device = self.device
+
+        def scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            full = values.new_zeros(size, values.shape[-1])
+            return full.index_copy(0, mask.nonzero().squeeze(1), values)
+
+        if "image_embedding" in batch:
+            mask = masks_in["image_embedding"].to(device)
+            embeddings[ANCHOR_MODALITY] = batch["image_embedding"].to(device).float() * mask[:, None]
+            masks[ANCHOR_MODALITY] = mask
+        elif ANCHOR_MODALITY in batch:
+            mask = masks_in[ANCHOR_MODALITY].to(device)
+            embeddings[ANCHOR_MODALITY] = scatter(self.encode(ANCHOR_MODALITY, batch[ANCHOR_MODALITY]), mask)
+            masks[ANCHOR_MODALITY] = mask
+        for name, plugin in self.plugins.items():
+            if name not in batch:
+                continue
+            mask = masks_in[name].to(device)
+            inputs = move_to_device(batch[name], device)
+            embeddings[name] = scatter(plugin(inputs), mask)
+            masks[name] = mask
+            weight = plugin.config.native_loss_weight
+            if weight > 0:
+                term = plugin.native_loss(inputs)
+                if term is not None:
+                    native[name] = weight * term
+        scales = {name: plugin.logit_scale() for name, plugin in self.plugins.items()}
+        return {"embeddings": embeddings, "masks": masks, "logit_scales": scales, "native": native}
+
     # ------------------------------------------------------------------ persistence
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every plugin weight that training can change, plus plugin buffers.

@@ -1,0 +1,58 @@
+"""The ``anchorbind`` command: a thin dispatcher to one ``main(argv)`` per subcommand.
+
+Each subcommand lives beside the code it drives and owns its own argparse parser, so adding a
+command is one line here and the library never sees an ``argparse.Namespace``. Modules are
+imported only when their command runs, so ``anchorbind --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "modalities": ("bind.commands:modalities_main", "list registered modality plugins and their configs"),
+    "embed": ("bind.commands:embed_main", "embed files of any modality with a saved model"),
+    "world": ("pipelines.world.cli:main", "generate the procedural multimodal world as WebDataset shards"),
+    "shards": ("pipelines.shards.cli:main", "convert a folder or CSV/JSONL manifest into WebDataset shards"),
+    "cache": ("bind.data.cache:main", "store the frozen anchor's embeddings with every sample"),
+    "train": ("bind.train:main", "train modality plugins against the anchor (works under accelerate launch)"),
+    "eval": ("bind.evaluate:main", "retrieval, emergent retrieval, zero-shot, gap, alignment, visiocentrism"),
+    "report": ("bind.report:main", "write report.md with figures from a run's metrics"),
+    "demo": ("pipelines.demo:main", "the whole pipeline offline on CPU: world, cache, train, eval, report"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: anchorbind COMMAND [options]   (anchorbind COMMAND --help for each)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``anchorbind`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        from importlib.metadata import version
+
+        print(f"anchorbind {version('anchorbind')}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"anchorbind: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = COMMANDS[command][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    result = func(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Small ``anchorbind`` subcommands: ``modalities`` (what is installed) and ``embed``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["embed_main", "modalities_main"]
+
+
+def modalities_main(argv: Sequence[str] | None = None) -> int:
+    """``anchorbind modalities``: list registered plugins, their shard keys and config defaults."""
+    parser = argparse.ArgumentParser(prog="anchorbind modalities", description=modalities_main.__doc__)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+
+    import dataclasses
+
+    from bind.registry import get_plugin_class, list_modalities
+
+    rows = []
+    for name in list_modalities():
+        cls = get_plugin_class(name)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls.Config) if f.default is not dataclasses.MISSING}
+        rows.append({
+            "name": name,
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "sample_keys": list(cls.sample_keys),
+            "config": defaults,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for row in rows:
+            print(f"{row['name']:<10} {row['class']}  keys={','.join(row['sample_keys'])}")
+    return 0
+
+
+def embed_main(argv: Sequence[str] | None = None) -> int:
+    """``anchorbind embed MODEL_DIR --modality M FILES... --out emb.safetensors``."""
+    parser = argparse.ArgumentParser(prog="anchorbind embed", description="Embed files with a saved BindModel.")
+    parser.add_argument("model_dir", type=Path, help="a directory written by BindModel.save_pretrained")
+    parser.add_argument("--modality", required=True, help="image, or a plugin modality of the model")
+    parser.add_argument("inputs", nargs="+", help="input files (for text: the texts themselves)")
+    parser.add_argument("--out", type=Path, required=True, help="output .safetensors (embeddings + order)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    import torch
+    from safetensors.torch import save_file
+
+    from bind.model import BindModel
+
+    model = BindModel.from_pretrained(args.model_dir).eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(args.inputs), args.batch_size):
+            items = args.inputs[start:start + args.batch_size]
+            chunks.append(model.embed({args.modality: items})[args.modality].cpu())
+    embeddings = torch.cat(chunks)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"embeddings": embeddings.contiguous()}, str(args.out),
+              metadata={"modality": args.modality, "inputs": json.dumps(args.inputs)})
+    print(f"wrote {tuple(embeddings.shape)} {args.modality} embeddings to {args.out}", file=sys.stderr)
+    return 0
