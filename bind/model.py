@@ -240,6 +240,8 @@ class BindModel(nn.Module):
         expected = model.trainable_state_dict().keys()
         missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
         if missing or unexpected:
-            raise ConfigError(f"{directory}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+            raise ConfigError(
+                f"{directory}: weights do not match the config (missing {missing}, unexpected {unexpected})"
+            )
         model.load_state_dict(state, strict=False)
         return model.to(map_location)

@@ -208,7 +208,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 )
         if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
             elapsed = time.perf_counter() - window_start
-            scalars = {k: float(v.detach()) for k, v in terms.items()}
+            # mean over processes: with local_loss each process holds only its share of the loss
+            scalars = {k: accelerator.reduce(v.detach().float(), reduction="mean").item()
+                       for k, v in terms.items()}
             scalars.update({f"logit_scale/{m}": float(s) for m, s in out["logit_scales"].items()})
             scalars["lr"] = scheduler.get_last_lr()[0]
             scalars["samples_per_s"] = window_samples / max(elapsed, 1e-9)

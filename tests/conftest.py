@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny procedural world written once per test session as real shards."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests must never reach a model hub, and two CPU cores are shared by everything.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``train/`` (48 scenes) and ``test/`` (32 scenes) shards of 16 samples, seed 0."""
+    from pipelines.shards.world import write_world_shards
+
+    out = tmp_path_factory.mktemp("world")
+    write_world_shards(out, train=48, test=32, seed=0, shard_size=16, workers=1)
+    return out
+
+
+def free_port() -> int:
+    """A TCP port free on localhost, for accelerate's rendezvous in multi-process tests."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
