@@ -1,1 +1,10 @@
-"""placeholder"""
+"""The depth modality: metric depth maps bound to the image anchor as normalised disparity.
+
+Registered as ``depth`` through the ``anchorbind.modalities`` entry point in ``pyproject.toml``.
+"""
+
+from modalities.depth.config import DepthConfig
+from modalities.depth.plugin import DepthInputStats, DepthPlugin
+from modalities.depth.reading import DepthReading, read_depth
+
+__all__ = ["DepthConfig", "DepthInputStats", "DepthPlugin", "DepthReading", "read_depth"]

@@ -1,0 +1,9 @@
+"""Example AnchorBind plugin package: 6-axis IMU recordings bound to the frozen image anchor.
+
+It is registered by the entry point ``imu = "anchorbind_imu:ImuPlugin"`` in the group
+``anchorbind.modalities`` (see ``pyproject.toml``); importing this package registers nothing.
+"""
+
+from anchorbind_imu.plugin import ImuConfig, ImuPlugin
+
+__all__ = ["ImuConfig", "ImuPlugin"]
