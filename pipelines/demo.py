@@ -71,7 +71,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from bind.data.cache import build_anchor_cache
     from bind.evaluate import evaluate_run
     from bind.report import write_report
-
     from pipelines.shards.world import write_world_shards
 
     started = time.perf_counter()
