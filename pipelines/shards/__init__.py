@@ -1,0 +1,1 @@
+"""Writing WebDataset shards: the procedural world, and users' folders or manifests."""
