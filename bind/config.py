@@ -41,7 +41,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "con
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     try:
-        return dacite.from_dict(cls, dict(data), config=dacite.Config(strict=True, cast=[tuple]))
+        return dacite.from_dict(
+            cls, dict(data), config=dacite.Config(strict=True, cast=[tuple], type_hooks={float: _as_float})
+        )
     except dacite.UnexpectedDataError as err:
         known = sorted(f.name for f in dataclasses.fields(cls))
         raise ConfigError(
@@ -55,6 +57,18 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "con
         raise ConfigError(f"{where}: required key '{err.field_path}' is missing") from None
     except dacite.DaciteError as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+def _as_float(value: Any) -> Any:
+    """YAML reads ``1`` as int and ``1e-3`` as a string (YAML 1.1); both are valid floats here."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, str)):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # left for the type check to report
+    return value
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

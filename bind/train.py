@@ -211,7 +211,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             # mean over processes: with local_loss each process holds only its share of the loss
             scalars = {k: accelerator.reduce(v.detach().float(), reduction="mean").item()
                        for k, v in terms.items()}
-            scalars.update({f"logit_scale/{m}": float(s) for m, s in out["logit_scales"].items()})
+            scalars.update({f"logit_scale/{m}": float(s.detach()) for m, s in out["logit_scales"].items()})
             scalars["lr"] = scheduler.get_last_lr()[0]
             scalars["samples_per_s"] = window_samples / max(elapsed, 1e-9)
             scalars["skipped_steps"] = state["skipped_steps"]
