@@ -190,3 +190,36 @@ def test_installed_plugin_passes_the_contract_suite(imu_site):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "skipped" not in done.stdout.splitlines()[-1], done.stdout
+
+
+def test_anchorbind_train_trains_the_installed_plugin(imu_site, tmp_path):
+    """The real trainer (``python -m bind.train``) binds the out-of-tree modality to the anchor."""
+    import io
+
+    import webdataset as wds
+    import yaml
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with wds.TarWriter(str(shards / "imu-000000.tar")) as writer:
+        for i in range(16):
+            image = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image, format="PNG")
+            recording = io.BytesIO()
+            np.save(recording, rng.normal(size=(300, 6)).astype(np.float32))
+            writer.write({"__key__": f"s{i:04d}", "png": image.getvalue(), "imu.npy": recording.getvalue()})
+    config = {
+        "output_dir": str(tmp_path / "run"), "steps": 2, "log_every": 1, "checkpoint_every": 2,
+        "model": {"anchor": {"weights": "packaged", "image_size": 64}, "modalities": {"imu": {}}},
+        "data": {"train_shards": str(shards), "batch_size": 8, "num_workers": 0, "anchor": "live"},
+    }
+    (tmp_path / "imu.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(imu_site), str(REPO)])}
+    done = subprocess.run([sys.executable, "-m", "bind.train", "--config", str(tmp_path / "imu.yaml")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = (tmp_path / "run" / "train_log.csv").read_text()
+    assert "contrastive/imu" in log.splitlines()[0]
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
