@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from bind.anchor import AnchorConfig, FrozenAnchor
 from bind.config import from_dict, load_yaml
-from bind.data.shardlist import expand_shards
+from bind.data.shardlist import expand_shards, iter_shard
 from bind.data.stages import ANCHOR_ID_KEY, ANCHOR_KEY
 from bind.errors import InputError
 
@@ -82,7 +82,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def cache_shard(anchor: FrozenAnchor, path: Path, batch_size: int, report: CacheReport) -> None:
     """Rewrite one shard with anchor embeddings added; samples whose image fails keep no cache."""
-    samples = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
+    samples = list(iter_shard(path))
     image_keys = anchor.sample_keys
     with_image = [(i, next(k for k in image_keys if k in s)) for i, s in enumerate(samples)
                   if any(k in s for k in image_keys)]

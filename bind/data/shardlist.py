@@ -7,12 +7,13 @@ directory (its ``*.tar`` files, sorted), and any URL webdataset opens (``pipe:``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import webdataset as wds
 from webdataset.shardlists import expand_urls
 
-__all__ = ["expand_shards"]
+__all__ = ["expand_shards", "iter_shard"]
 
 
 def expand_shards(shards: str | Path | Sequence[str | Path]) -> list[str]:
@@ -35,3 +36,8 @@ def expand_shards(shards: str | Path | Sequence[str | Path]) -> list[str]:
     if not urls:
         raise FileNotFoundError(f"shard spec {shards!r} names no shards")
     return urls
+
+
+def iter_shard(url: str | Path) -> Iterator[dict]:
+    """Every raw sample of one shard, in order, whatever the process group (no node splitting)."""
+    yield from wds.DataPipeline(wds.SimpleShardList([str(url)]), wds.tarfile_to_samples())

@@ -171,7 +171,7 @@ def convert_to_shards(
         sample = _validated(row, processors, report)
         if sample is None:
             continue
-        counts.update(m for m, (_, member) in row.items() if m in processors and member in sample)
+        counts.update(m for m in processors if m in row and row[m][1] in sample)
         bucket.append(sample)
         report.samples_written += 1
         if len(bucket) == shard_size:

@@ -18,6 +18,8 @@ from typing import Any
 
 import webdataset as wds
 
+from bind.data.shardlist import iter_shard
+
 __all__ = ["shard_name", "write_manifest", "write_shard", "write_shards_parallel"]
 
 
@@ -102,7 +104,7 @@ def _write_range(path: Path, make_samples: Callable[[int, int], Iterable[dict[st
 def _count_shard(path: Path) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     total = 0
-    for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+    for sample in iter_shard(path):
         counts.update(k for k in sample if not k.startswith("__"))
         total += 1
     return {"samples": total, "keys": dict(sorted(counts.items()))}
