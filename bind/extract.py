@@ -93,12 +93,14 @@ def extract_embeddings(
     *,
     batch_size: int = 128,
     num_workers: int = 2,
+    max_samples: int | None = None,
     progress: bool = True,
 ) -> EmbeddingSet:
     """Embed every sample of ``shards`` exactly once with every modality of ``model``.
 
     The anchor always runs live here (cached embeddings are a training shortcut; evaluation
-    also needs the anchor's trunk features).
+    also needs the anchor's trunk features). ``max_samples`` stops after that many samples (the
+    first ones, in the loader's deterministic order).
     """
     model.eval()
     processors = {name: model.processor(name) for name in model.modalities}
@@ -110,6 +112,8 @@ def extract_embeddings(
         m: {"emb": [], "feat": [], "mask": []} for m in model.modalities
     }
     for batch in tqdm(loader, desc="embed", disable=not progress, unit="batch"):
+        if max_samples is not None and len(keys) >= max_samples:
+            break
         size = len(batch["__key__"])
         keys.extend(batch["__key__"])
         meta.extend(batch.get("json") or [None] * size)

@@ -1,0 +1,1 @@
+"""Run-level analyses built on :mod:`bind.eval`: pair labels, visiocentrism, checkpoints."""
