@@ -98,6 +98,7 @@ def _visiocentrism(m: dict[str, Any], run_dir: Path, fig_dir: Path) -> list[str]
               _figure("visiocentrism index", figures.visiocentrism_bars(indices, fig_dir / "visiocentrism.png"),
                       run_dir)]
     for name, probes in vis["probes"].items():
+        probes = {a: p for a, p in probes.items() if "relative_loss" in p}
         rows = [[a, p["group"], p["native"], p["bound"], p["chance"], p["relative_loss"]]
                 for a, p in sorted(probes.items(), key=lambda kv: kv[1]["group"])]
         parts += [f"### {name} (index {_fmt(vis['index'].get(name))})\n",

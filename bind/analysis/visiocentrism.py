@@ -53,12 +53,20 @@ def attribute_probes(
     for attribute, seen_by in observability.items():
         labels = _labels(meta, rows, attribute)
         values, counts = np.unique(labels, return_counts=True)
-        if len(values) < 2 or counts.min() < 2:
+        # a stratified split needs two samples of a value: rarer values are left out (and counted)
+        kept_values = values[counts >= 2]
+        keep = np.isin(labels, kept_values)
+        if len(kept_values) < 2:
+            out[attribute] = {"group": GROUPS.get(seen_by, seen_by),
+                              "skipped": "fewer than two values with >= 2 samples"}
             continue
+        labels, attr_rows = labels[keep], rows[keep]
+        counts = counts[counts >= 2]
         train, test = stratified_split(labels, test_size=0.3, seed=seed)
         # chance: the majority-class rate, what a constant predictor scores on this split
         result = {"group": GROUPS.get(seen_by, seen_by), "chance": float(counts.max() / counts.sum())}
-        for name, x in (("bound", embeddings[rows]), ("native", features[rows])):
+        result["left_out_rare_samples"] = int((~keep).sum())
+        for name, x in (("bound", embeddings[attr_rows]), ("native", features[attr_rows])):
             probe = linear_probe(x.numpy(), labels, train_indices=train, test_indices=test, seed=seed)
             result[name] = probe["accuracy"]
         result["relative_loss"] = (result["native"] - result["bound"]) / max(result["native"] - result["chance"],
@@ -71,6 +79,8 @@ def visiocentrism_index(probes: Mapping[str, Mapping[str, Any]]) -> float | None
     """Mean relative loss on non-visual attributes minus that on shared ones (None if either is absent)."""
     by_group: dict[str, list[float]] = {}
     for result in probes.values():
+        if "relative_loss" not in result:
+            continue
         by_group.setdefault(result["group"], []).append(result["relative_loss"])
     if "non-visual" not in by_group or "shared" not in by_group:
         return None

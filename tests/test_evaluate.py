@@ -1,0 +1,103 @@
+"""``anchorbind eval`` and ``anchorbind report`` on real tiny runs, plus the run-level logic."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bind.analysis.pairs import ordered_pairs, pair_kind
+from bind.analysis.visiocentrism import visiocentrism_index
+from bind.errors import ConfigError
+from bind.evaluate import evaluate_run
+from bind.train import train
+from bind.train_config import load_train_config
+from tests.conftest import REPO
+from tests.train_utils import tiny_config, write_config
+
+
+def test_pair_kinds_follow_the_training_config():
+    assert pair_kind("image", "audio", {}) == "trained"
+    assert pair_kind("text", "audio", {}) == "emergent"
+    assert pair_kind("audio", "text", {"direct_pairs": [["text", "audio"]]}) == "direct"
+    assert pair_kind("image", "text", {"weights": {"text": 0.0}}) == "untrained"
+    pairs = ordered_pairs(["image", "text", "audio"], {})
+    assert len(pairs) == 6 and pairs["text->audio"] == {"query": "text", "gallery": "audio", "kind": "emergent"}
+
+
+def test_visiocentrism_index_on_known_probes():
+    probes = {
+        "category": {"group": "shared", "relative_loss": 0.1},
+        "size": {"group": "shared", "relative_loss": 0.3},
+        "beats": {"group": "non-visual", "relative_loss": 0.9},
+        "colour": {"group": "visual-only", "relative_loss": 0.5},
+    }
+    assert visiocentrism_index(probes) == pytest.approx(0.9 - 0.2)
+    assert visiocentrism_index({"category": probes["category"]}) is None
+
+
+@pytest.fixture(scope="module")
+def runs(world_dir, tmp_path_factory):
+    """A bound run and a direct text-audio baseline, 6 steps each."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, overrides in {
+        "bind": [],
+        "direct": ["model.modalities={text: {}, audio: {width: 32, depth: 1, num_heads: 2}}",
+                   "loss.weights={text: 0.0, audio: 0.0}", "loss.direct_pairs=[[text, audio]]"],
+    }.items():
+        cfg = tiny_config(root / name, world_dir / "train", overrides)
+        train(load_train_config(write_config(root / f"{name}.yaml", cfg)))
+        out[name] = root / name
+    return out
+
+
+@pytest.mark.slow
+def test_eval_and_report_cli(runs, world_dir):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "bind.cli", "eval", str(runs["bind"]), "--shards", str(world_dir / "test"),
+           "--baseline", str(runs["direct"]), "--num-workers", "1", "--checkpoint-samples", "32"]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads((runs["bind"] / "metrics.json").read_text())
+    assert m["num_samples"] == 32 and m["decode_errors"]["count"] == 0
+    assert m["retrieval"]["image->text"]["kind"] == "trained"
+    assert m["retrieval"]["text->audio"]["kind"] == "emergent"
+    assert m["baselines"][str(runs["direct"])]["retrieval"]["text->audio"]["kind"] == "direct"
+    assert "text->audio" in m["emergent_vs_direct"]
+    for block in m["retrieval"].values():
+        recalls = [block[f"instance/R@{k}"] for k in (1, 5, 10)]
+        assert all(0 <= r <= 1 for r in recalls) and recalls == sorted(recalls)
+    assert set(m["zero_shot"]) >= {"image", "audio", "depth", "classes"}
+    assert set(m["gap"]) == {"image-text", "image-audio", "image-depth"}
+    assert 0 <= m["gap"]["image-audio"]["centroid_distance"] <= 2
+    assert {p["checkpoint"] for p in m["alignment_across_checkpoints"]["points"]} >= {"step-00000002", "final"}
+    probes = m["visiocentrism"]["probes"]["audio"]
+    assert probes["beats"]["group"] == "non-visual" and probes["category"]["group"] == "shared"
+    assert "text->audio" in m["visiocentrism"]["retrieval_by_attribute"]
+    assert m["headline"]
+
+    done = subprocess.run([sys.executable, "-m", "bind.cli", "report", str(runs["bind"])], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (runs["bind"] / "report.md").read_text()
+    linked = [line.split("](")[1].rstrip(")\n") for line in report.splitlines() if line.startswith("![")]
+    assert len(linked) >= 6 and all((runs["bind"] / p).is_file() for p in linked)
+    for section in ("## Retrieval", "## Visiocentrism", "## Modality gap", "## Zero-shot"):
+        assert section in report
+
+
+def test_eval_refuses_a_directory_without_a_model(tmp_path, world_dir):
+    with pytest.raises(ConfigError, match="no trained model"):
+        evaluate_run(tmp_path, str(world_dir / "test"))
+
+
+def test_report_needs_metrics(tmp_path):
+    from bind.report import write_report
+
+    with pytest.raises(ConfigError, match="anchorbind eval"):
+        write_report(Path(tmp_path))
