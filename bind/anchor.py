@@ -180,6 +180,11 @@ class FrozenAnchor(nn.Module):
         """L2-normalised embeddings ``(B, embed_dim)`` (float32), with no autograd graph."""
         return l2_normalize(self.forward_features(images))
 
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(forward_features(images), forward(images))`` in one pass."""
+        features = self.forward_features(images)
+        return features, l2_normalize(features)
+
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled, un-normalised features ``(B, embed_dim)`` (timm's pre-logits output)."""
         x = self._check_batch(images)

@@ -126,8 +126,9 @@ def extract_embeddings(
             if mask.any():
                 inputs = move_to_device(batch[name], model.device)
                 idx = mask.nonzero().squeeze(1)
-                full_f.index_copy_(0, idx, processor.forward_features(inputs).float().cpu())
-                full_e.index_copy_(0, idx, processor(inputs).float().cpu())
+                features, embeddings = processor.forward_with_features(inputs)
+                full_f.index_copy_(0, idx, features.float().cpu())
+                full_e.index_copy_(0, idx, embeddings.float().cpu())
             chunks[name]["emb"].append(full_e)
             chunks[name]["feat"].append(full_f)
             chunks[name]["mask"].append(mask.bool())

@@ -126,6 +126,14 @@ class ModalityPlugin(nn.Module, ABC):
         """L2-normalised embeddings ``(B, embed_dim)`` in the anchor's space."""
         return l2_normalize(self.head(self.forward_features(batch)))
 
+    def forward_with_features(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(forward_features(batch), forward(batch))`` in one pass (evaluation needs both).
+
+        Override together with :meth:`forward` when the embedding is not ``head(features)``.
+        """
+        features = self.forward_features(batch)
+        return features, l2_normalize(self.head(features))
+
     def native_loss(self, batch: Any) -> torch.Tensor | None:
         """An auxiliary objective that does not pass through the anchor, or ``None``.
 

@@ -46,6 +46,12 @@ def _worker_seed(rank: int) -> int:
     return rank * 1000 + (info.id if info is not None else 0)
 
 
+def _single_thread_worker(_: int) -> None:
+    # Decoding is per-sample work; intra-op threads in every worker would oversubscribe the cores
+    # that the training process needs.
+    torch.set_num_threads(1)
+
+
 def _split(src, *, index: int, count: int):
     """Keep every ``count``-th item starting at ``index`` (shards per rank)."""
     for i, item in enumerate(src):
@@ -116,4 +122,5 @@ def build_loader(
     return torch.utils.data.DataLoader(
         pipeline, batch_size=None, num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
         persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
+        worker_init_fn=_single_thread_worker,
     )

@@ -82,9 +82,13 @@ class AudioPlugin(ModalityPlugin):
         return self._clip_features(batch).mean(1)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(batch)[1]
+
+    def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Normalise per clip, average (ImageBind), then renormalise so the output is unit norm.
-        clip_embeddings = l2_normalize(self.head(self._clip_features(batch)))
-        return l2_normalize(clip_embeddings.mean(1))
+        clip_features = self._clip_features(batch)
+        clip_embeddings = l2_normalize(self.head(clip_features))
+        return clip_features.mean(1), l2_normalize(clip_embeddings.mean(1))
 
     def native_loss(self, batch: torch.Tensor) -> torch.Tensor | None:
         """InfoNCE between two augmentations (SpecAugment masks, time shift, gain) of each clip.
