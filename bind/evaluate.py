@@ -291,7 +291,8 @@ def evaluate_run(
     metrics["gap"], metrics["gap_shift"] = gap_section(emb)
     metrics["alignment"] = alignment_section(emb)
     metrics["alignment_across_checkpoints"] = checkpoint_alignment(
-        run_dir, shards, max_samples=checkpoint_samples, batch_size=batch_size, num_workers=num_workers)
+        run_dir, shards, max_samples=checkpoint_samples, batch_size=batch_size, num_workers=num_workers,
+    ) if checkpoint_samples > 0 else {}
     metrics["visiocentrism"] = visiocentrism_section(emb, loss_cfg)
     metrics["compare"] = {}
     for other in compare:
@@ -321,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--checkpoint-samples", type=int, default=300,
-                        help="samples embedded per checkpoint for the alignment-vs-performance sweep")
+                        help="samples embedded per checkpoint for the alignment-vs-performance sweep (0: skip it)")
     args = parser.parse_args(argv)
     metrics = evaluate_run(args.run_dir, args.shards, baselines=args.baseline, compare=args.compare,
                            batch_size=args.batch_size, num_workers=args.num_workers,
