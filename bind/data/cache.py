@@ -65,12 +65,11 @@ def shards_have_anchor_cache(shards: str | Sequence[str], identity: str) -> bool
     return all(Path(u).is_file() and shard_cache_identity(u) == identity for u in urls)
 
 
-def _embed_images(anchor: FrozenAnchor, images: list[bytes], batch_size: int) -> np.ndarray:
+def _embed_images(anchor: FrozenAnchor, images: list[torch.Tensor], batch_size: int) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            batch = anchor.collate([anchor.load(b) for b in images[start:start + batch_size]])
-            out.append(anchor(batch).cpu().numpy().astype(np.float16))
+            out.append(anchor(anchor.collate(images[start:start + batch_size])).cpu().numpy().astype(np.float16))
     return np.concatenate(out) if out else np.zeros((0, anchor.embed_dim), np.float16)
 
 
@@ -86,15 +85,13 @@ def cache_shard(anchor: FrozenAnchor, path: Path, batch_size: int, report: Cache
     image_keys = anchor.sample_keys
     with_image = [(i, next(k for k in image_keys if k in s)) for i, s in enumerate(samples)
                   if any(k in s for k in image_keys)]
-    valid: list[tuple[int, bytes]] = []
+    valid: list[tuple[int, torch.Tensor]] = []
     for index, key in with_image:
         try:
-            anchor.load(samples[index][key])
+            valid.append((index, anchor.load(samples[index][key])))
         except InputError as err:
             report.failures.append({"shard": str(path), "key": samples[index]["__key__"], "reason": err.reason})
-            continue
-        valid.append((index, samples[index][key]))
-    embeddings = _embed_images(anchor, [data for _, data in valid], batch_size)
+    embeddings = _embed_images(anchor, [image for _, image in valid], batch_size)
     for (index, _), vector in zip(valid, embeddings, strict=True):
         samples[index][ANCHOR_KEY] = _npy_bytes(vector)
         samples[index][ANCHOR_ID_KEY] = anchor.identity.encode()
