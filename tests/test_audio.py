@@ -1,4 +1,4 @@
-"""The audio plugin: ImageBind-equal features, resampling, clips, bad input, native objective."""
+"""The audio plugin: ImageBind-equal features, resampling, clips, embeddings, native objective, bad input."""
 
 from __future__ import annotations
 
@@ -10,134 +10,322 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
+import torchvision.transforms
 
 from bind.errors import ConfigError, InputError
 from bind.registry import create_plugin
+from modalities.audio import AudioPlugin, clip_bounds
 
 EMBED = 16
 TINY = {"width": 32, "depth": 1, "num_heads": 2}
 
 
-def imagebind_reference(path: Path) -> torch.Tensor:
-    """ImageBind's load_and_transform_audio_data for one file, from its published parameters."""
-    num_mel_bins, target_length, sample_rate = 128, 204, 16000
-    clip_duration, clips_per_video, mean, std = 2, 3, -4.268, 9.138
-    samples, sr = sf.read(path, dtype="float32", always_2d=True)
-    waveform = torch.from_numpy(samples.T.copy())
-    waveform = torchaudio.functional.resample(waveform, orig_freq=sr, new_freq=sample_rate)
-    duration = waveform.size(1) / sample_rate
-    step = Fraction(max(duration - clip_duration, 0)) / max(clips_per_video - 1, 1)
+# ---------------------------------------------------------------------------------------------
+# ImageBind's recipe, re-implemented from imagebind/data.py and pytorchvideo's
+# ConstantClipsPerVideoSampler at the commit ImageBind pins (28fe037), with its constants.
+# ---------------------------------------------------------------------------------------------
+def imagebind_clip_timepoints(duration: float, clip_duration: int = 2, clips_per_video: int = 3):
+    """pytorchvideo ConstantClipsPerVideoSampler driven as ImageBind's get_clip_timepoints does."""
+    clip = Fraction(clip_duration)
+    max_possible_clip_start = Fraction(max(duration - clip, 0))
+    uniform_clip = Fraction(max_possible_clip_start, max(clips_per_video - 1, 1))
+    timepoints, index = [], 0
+    while True:
+        start = uniform_clip * index
+        index += 1
+        timepoints.append((start, start + clip))
+        if index >= clips_per_video or uniform_clip * index > max_possible_clip_start:
+            return timepoints
+
+
+def imagebind_waveform2melspec(waveform, sample_rate, num_mel_bins, target_length):
+    waveform -= waveform.mean()  # in place, on a view of the whole waveform (as ImageBind)
+    fbank = torchaudio.compliance.kaldi.fbank(
+        waveform, htk_compat=True, sample_frequency=sample_rate, use_energy=False, window_type="hanning",
+        num_mel_bins=num_mel_bins, dither=0.0, frame_length=25, frame_shift=10,
+    ).transpose(0, 1)
+    p = target_length - fbank.size(1)
+    if p > 0:
+        fbank = torch.nn.functional.pad(fbank, (0, p), mode="constant", value=0)
+    elif p < 0:
+        fbank = fbank[:, 0:target_length]
+    return fbank.unsqueeze(0)
+
+
+def imagebind_audio(waveform: torch.Tensor, sr: int) -> torch.Tensor:
+    """load_and_transform_audio_data for one waveform (channels, samples) as torchaudio.load returns it."""
+    num_mel_bins, target_length, sample_rate, mean, std = 128, 204, 16000, -4.268, 9.138
+    if sample_rate != sr:
+        waveform = torchaudio.functional.resample(waveform, orig_freq=sr, new_freq=sample_rate)
     clips = []
-    for i in range(clips_per_video):
-        start = step * i
-        segment = waveform[:, int(start * sample_rate):int((start + clip_duration) * sample_rate)]
-        segment = segment - segment.mean()
-        fbank = torchaudio.compliance.kaldi.fbank(
-            segment, htk_compat=True, sample_frequency=sample_rate, use_energy=False, window_type="hanning",
-            num_mel_bins=num_mel_bins, dither=0.0, frame_length=25, frame_shift=10).transpose(0, 1)
-        pad = target_length - fbank.size(1)
-        fbank = torch.nn.functional.pad(fbank, (0, pad)) if pad > 0 else fbank[:, :target_length]
-        clips.append((fbank.unsqueeze(0) - mean) / std)
-    return torch.stack(clips)
+    for start, end in imagebind_clip_timepoints(waveform.size(1) / sample_rate):
+        clip = waveform[:, int(start * sample_rate):int(end * sample_rate)]
+        clips.append(imagebind_waveform2melspec(clip, sample_rate, num_mel_bins, target_length))
+    normalize = torchvision.transforms.Normalize(mean=mean, std=std)
+    return torch.stack([normalize(clip) for clip in clips])
+
+
+def write_test_audio(path: Path, rate: int, seconds: float, channels: int, subtype: str | None = None) -> Path:
+    """A chirp plus noise (and a small DC offset, which real recordings often have) as a real file."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    left = 0.4 * np.sin(2 * np.pi * (200 + 300 * t) * t) + 0.03 * rng.standard_normal(t.size) + 0.05
+    right = 0.3 * np.sin(2 * np.pi * 660 * t) + 0.03 * rng.standard_normal(t.size) - 0.02
+    sf.write(path, np.stack([left, right], 1)[:, :channels], rate, subtype=subtype)
+    return path
 
 
 @pytest.fixture(scope="module")
-def plugin():
-    return create_plugin("audio", TINY, embed_dim=EMBED)
+def plugin() -> AudioPlugin:
+    return create_plugin("audio", TINY, embed_dim=EMBED).eval()
 
 
 @pytest.fixture
 def chirp(tmp_path: Path) -> Path:
-    """5 s stereo chirp with noise at 44.1 kHz, as FLAC."""
-    rate = 44100
-    t = np.arange(5 * rate) / rate
-    left = np.sin(2 * np.pi * (200 + 300 * t) * t)
-    right = 0.5 * np.sin(2 * np.pi * 660 * t) + 0.05 * np.random.default_rng(0).standard_normal(t.size)
-    path = tmp_path / "chirp.flac"
-    sf.write(path, 0.4 * np.stack([left, right], 1), rate)
-    return path
+    """5 s stereo chirp + noise at 44.1 kHz, as FLAC."""
+    return write_test_audio(tmp_path / "chirp.flac", 44100, 5.0, 2)
 
 
-def test_features_equal_imagebind_recipe(plugin, chirp):
-    assert plugin.load(chirp).shape == (3, 1, 128, 204)
-    # ImageBind feeds every channel to fbank (which reads channel 0); we mix to mono first, so the
-    # recipes are compared on a mono file, where both read the identical waveform.
-    mono = chirp.with_name("mono.wav")
-    samples, rate = sf.read(chirp, dtype="float32")
-    sf.write(mono, samples.mean(1), rate, subtype="FLOAT")
-    torch.testing.assert_close(plugin.load(mono), imagebind_reference(mono), rtol=1e-4, atol=1e-4)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "rate", "seconds", "channels", "subtype"),
+    [
+        ("stereo.flac", 44100, 5.0, 2, None),  # resampled, 3 overlapping clips
+        ("mono.wav", 16000, 1.3, 1, "FLOAT"),  # no resampling, shorter than a clip: padded
+        ("mono.flac", 22050, 3.7, 1, None),
+        ("long.wav", 48000, 7.25, 2, "PCM_24"),  # clips apart (no overlap)
+    ],
+)
+def test_features_equal_imagebind_recipe(plugin, tmp_path, name, rate, seconds, channels, subtype):
+    path = write_test_audio(tmp_path / name, rate, seconds, channels, subtype)
+    samples, sr = sf.read(path, dtype="float32", always_2d=True)
+    waveform = torch.from_numpy(samples.T.copy())
+    # The one documented difference: we average the channels, ImageBind's fbank reads channel 0.
+    # On the mixed waveform (and on any mono file) the recipes must agree.
+    expected = imagebind_audio(waveform.mean(0, keepdim=True), sr)
+    ours = plugin.load(path)
+    assert ours.shape == (3, 1, 128, 204)
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_reference_overlap_quirk_is_visible(tmp_path):
+    """ImageBind's in-place mean removal on overlapping clips changes features: the test above can see it."""
+    path = write_test_audio(tmp_path / "dc.wav", 16000, 5.0, 1, "FLOAT")
+    waveform = torch.from_numpy(sf.read(path, dtype="float32", always_2d=True)[0].T.copy())
+    with_quirk = imagebind_audio(waveform.clone(), 16000)
+    separate = torch.stack([imagebind_audio(waveform[:, int(a * 16000):int(b * 16000)].clone(), 16000)[0]
+                            for a, b in imagebind_clip_timepoints(5.0)])
+    assert (with_quirk[1:] - separate[1:]).abs().max() > 0.1
+
+
+def test_clip_bounds_follow_pytorchvideo_sampler():
+    rng = np.random.default_rng(1)
+    for samples in [400, 1600, 31999, 32000, 32001, 80000, *rng.integers(400, 400_000, 300).tolist()]:
+        for clips in (1, 2, 3, 5):
+            expected = [(int(a * 16000), int(b * 16000))
+                        for a, b in imagebind_clip_timepoints(samples / 16000, 2, clips)]
+            assert clip_bounds(samples, 16000, 2.0, clips) == expected
 
 
 def test_resampling_and_channel_mixing(plugin, tmp_path):
-    tone = lambda rate: 0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * rate) / rate)  # noqa: E731
-    sf.write(tmp_path / "hi.wav", np.stack([tone(44100), tone(44100)], 1), 44100)
-    sf.write(tmp_path / "lo.wav", tone(16000), 16000)
+    def tone(rate):
+        return 0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * rate) / rate)
+
+    sf.write(tmp_path / "hi.wav", np.stack([tone(44100), tone(44100)], 1), 44100, subtype="FLOAT")
+    sf.write(tmp_path / "lo.wav", tone(16000), 16000, subtype="FLOAT")
     high, low = plugin.load(tmp_path / "hi.wav"), plugin.load(tmp_path / "lo.wav")
-    assert (high - low).abs().mean() < 0.05
+    torch.testing.assert_close(high, low, rtol=0, atol=0.01)
+    # Same through 16-bit FLAC: quantisation noise differs only in the near-empty mel bands.
+    sf.write(tmp_path / "hi.flac", np.stack([tone(44100), tone(44100)], 1), 44100)
+    assert (plugin.load(tmp_path / "hi.flac") - low).abs().mean() < 0.02
 
 
-def test_clips_and_embeddings(plugin, chirp):
-    assert plugin.load(chirp, train=True).shape == (1, 1, 128, 204)
-    batch = plugin.collate([plugin.load(chirp), plugin.load(chirp)])
-    emb = plugin(batch)
-    assert emb.shape == (2, EMBED)
-    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
-    assert plugin.forward_features(batch).shape == (2, TINY["width"])
-    assert plugin.logit_scale().item() == pytest.approx(20.0) and not plugin.logit_scale.learnable
-
-
-def test_array_input_matches_file(plugin, tmp_path):
+def test_array_and_bytes_inputs_match_files(plugin, tmp_path, chirp):
     wave = (0.2 * np.sin(2 * np.pi * 300 * np.arange(32000) / 16000)).astype(np.float32)
-    sf.write(tmp_path / "a.wav", wave, 16000, subtype="FLOAT")
-    torch.testing.assert_close(plugin.load(wave), plugin.load(tmp_path / "a.wav"))
+    sf.write(tmp_path / "float.wav", wave, 16000, subtype="FLOAT")
+    from_file = plugin.load(tmp_path / "float.wav")
+    torch.testing.assert_close(plugin.load(wave), from_file, rtol=0, atol=0)
+    torch.testing.assert_close(plugin.load(torch.from_numpy(wave)[None].repeat(2, 1)), from_file, rtol=0, atol=0)
+    pcm = np.round(wave * 32767).astype(np.int16)
+    sf.write(tmp_path / "pcm.wav", pcm, 16000, subtype="PCM_16")
+    torch.testing.assert_close(plugin.load(pcm), plugin.load(tmp_path / "pcm.wav"), rtol=0, atol=0)
+    # A shard member's bytes read as the file they came from; the format is sniffed.
+    torch.testing.assert_close(plugin.load(chirp.read_bytes()), plugin.load(chirp), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fmt", ["OGG", "MP3"])
+def test_compressed_formats_decode(plugin, tmp_path, fmt):
+    if fmt not in sf.available_formats():
+        pytest.skip(f"this libsndfile cannot write {fmt}")
+    path = write_test_audio(tmp_path / f"a.{fmt.lower()}", 44100, 3.0, 2)
+    clips = plugin.load(path.read_bytes())
+    assert clips.shape == (3, 1, 128, 204) and torch.isfinite(clips).all()
+    reference = plugin.load(write_test_audio(tmp_path / "a.wav", 44100, 3.0, 2, "FLOAT"))
+    assert (clips - reference).abs().mean() < 0.5  # lossy, but the same sound
+
+
+def test_clips_train_and_eval(plugin, chirp):
+    assert plugin.load(chirp).shape == (3, 1, 128, 204)
+    torch.manual_seed(0)
+    first = plugin.load(chirp, train=True)
+    torch.manual_seed(0)
+    again = plugin.load(chirp, train=True)
+    assert first.shape == (1, 1, 128, 204)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)  # random start from torch's RNG
+    starts = set()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        starts.add(plugin.load(chirp, train=True)[0, 0, 0, :20].sum().item())
+    assert len(starts) > 1
+    three = create_plugin("audio", {**TINY, "train_clips_per_sample": 3}, embed_dim=EMBED)
+    assert three.load(chirp, train=True).shape == (3, 1, 128, 204)
+    with pytest.raises(ValueError, match="train=True"):
+        plugin.collate([plugin.load(chirp), first])
+
+
+def test_embeddings_average_normalised_clips(plugin, chirp, tmp_path):
+    other = write_test_audio(tmp_path / "other.wav", 16000, 4.0, 1, "FLOAT")
+    batch = plugin.collate([plugin.load(chirp), plugin.load(other)])
+    assert batch.shape == (2, 3, 1, 128, 204)
+    with torch.no_grad():
+        features, emb = plugin.forward_with_features(batch)
+        torch.testing.assert_close(emb, plugin(batch))
+        torch.testing.assert_close(features, plugin.forward_features(batch))
+        per_clip = torch.stack([plugin(batch[:, i:i + 1]) for i in range(3)], 1)  # each unit norm
+        per_clip_features = torch.stack([plugin.forward_features(batch[:, i:i + 1]) for i in range(3)], 1)
+    assert emb.shape == (2, EMBED) and features.shape == (2, TINY["width"])
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(emb, torch.nn.functional.normalize(per_clip.mean(1), dim=-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(features, per_clip_features.mean(1), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(per_clip[:, 0], per_clip[:, 2], atol=1e-3)  # the clips do differ
+    # A file shorter than a clip gives three copies of one clip: the same embedding as that clip.
+    sf.write(tmp_path / "short.wav", 0.3 * np.sin(np.arange(16000) / 7), 16000)
+    short = plugin.collate([plugin.load(tmp_path / "short.wav")])
+    with torch.no_grad():
+        torch.testing.assert_close(plugin(short), plugin(short[:, :1]), rtol=1e-4, atol=1e-5)
+    assert plugin.logit_scale().item() == pytest.approx(20.0) and not plugin.logit_scale.learnable
+    with pytest.raises(ValueError, match="audio batches"):
+        plugin(batch[:, :, :, :64])
 
 
 def test_native_objective_trains_the_trunk(chirp):
+    torch.manual_seed(0)
     plugin = create_plugin("audio", {**TINY, "native_loss_weight": 1.0}, embed_dim=EMBED)
     batch = plugin.collate([plugin.load(chirp, train=True) for _ in range(4)])
     before = plugin.trunk.blocks[0].attn.qkv.weight.detach().clone()
     loss = plugin.native_loss(batch)
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
     loss.backward()
+    assert plugin.trunk.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert plugin.head.proj.weight.grad is None  # the native objective never touches the anchor head
     torch.optim.SGD(plugin.parameters(), lr=0.1).step()
     assert not torch.equal(before, plugin.trunk.blocks[0].attn.qkv.weight)
-    assert create_plugin("audio", TINY, embed_dim=EMBED).native_loss(batch) is None
+    # Two views of one clip differ per example (masks, shift and gain are drawn independently).
+    same = batch[:1, 0].repeat(4, 1, 1, 1)
+    views = plugin.augment(same)
+    assert views.shape == same.shape and not torch.equal(views, plugin.augment(same))
+    assert all(not torch.equal(views[0], views[i]) for i in range(1, 4))
+    # Off by default, and then no parameter exists that would never get a gradient.
+    default = create_plugin("audio", TINY, embed_dim=EMBED)
+    assert default.native_loss(batch) is None
+    assert not any("native" in name for name, _ in default.named_parameters())
 
 
 def test_bad_inputs_are_named(plugin, tmp_path, chirp):
-    empty = tmp_path / "empty.wav"
-    sf.write(empty, np.zeros((0,), dtype=np.float32), 16000)
-    silent = tmp_path / "silent.wav"
-    sf.write(silent, np.zeros(16000, dtype=np.float32), 16000)
-    truncated = tmp_path / "truncated.flac"
-    truncated.write_bytes(chirp.read_bytes()[: chirp.stat().st_size // 3])
+    zero_bytes = tmp_path / "zero.wav"
+    zero_bytes.write_bytes(b"")
+    no_frames = tmp_path / "noframes.wav"
+    sf.write(no_frames, np.zeros((0,), dtype=np.float32), 16000)
+    silent = tmp_path / "silent.flac"
+    sf.write(silent, np.zeros((16000, 2), dtype=np.float32), 16000)
+    cancel = tmp_path / "cancel.wav"
+    tone = 0.3 * np.sin(np.arange(16000) / 5)
+    sf.write(cancel, np.stack([tone, -tone], 1), 16000, subtype="FLOAT")
+    nan_file = tmp_path / "nan.wav"
+    sf.write(nan_file, np.where(np.arange(16000) == 500, np.nan, 0.1).astype(np.float32), 16000, subtype="FLOAT")
     short = tmp_path / "short.wav"
     sf.write(short, 0.1 * np.ones(100, dtype=np.float32), 16000)
-    nan = np.full(16000, np.nan, dtype=np.float32)
+    cut_flac = tmp_path / "cut.flac"
+    cut_flac.write_bytes(chirp.read_bytes()[: chirp.stat().st_size // 2])
+    wav = write_test_audio(tmp_path / "whole.wav", 16000, 3.0, 2)
+    cut_wav = tmp_path / "cut.wav"
+    cut_wav.write_bytes(wav.read_bytes()[: wav.stat().st_size * 2 // 3])
+    nan_array = np.full(16000, 0.1, dtype=np.float32)
+    nan_array[7] = np.nan
     cases = [
-        (empty, "empty audio"),
-        (silent, "silent"),
-        (truncated, "truncated|not decodable"),
+        (zero_bytes, "empty file"),
+        (no_frames, "empty audio"),
+        (silent, "all-zero"),
+        (cancel, "cancel out"),
+        (nan_file, "NaN"),
         (short, "too short"),
-        (b"this is not audio", "not decodable"),
+        (cut_flac, "truncated"),
+        (cut_wav, "truncated: the WAV data chunk"),
         (tmp_path / "missing.wav", "unreadable"),
-        (np.zeros((16000, 2), dtype=np.float32) + 0.1, "channel layout"),
-        (np.zeros((2, 3, 4), dtype=np.float32), "channel layout"),
-        (nan, "NaN"),
+        (b"this is not audio at all", "not decodable"),
+        (np.zeros((16000, 2), dtype=np.float32) + 0.1, "wrong channel layout"),
+        (np.zeros((2, 3, 4000), dtype=np.float32) + 0.1, "wrong channel layout"),
+        (torch.full((12, 16000), 0.1), "wrong channel layout"),
+        (nan_array, "NaN"),
+        (torch.tensor([0.1, float("inf")] * 8000), "infinite"),
+        (np.zeros(16000, dtype=np.float32), "all-zero"),
+        (np.zeros(0, dtype=np.float32), "empty audio"),
+        (np.ones(16000, dtype=np.complex64), "unsupported sample type"),
+        (np.ones(16000, dtype=np.int64), "unsupported sample type"),
+        (np.float32(0.5) * np.ones(100, dtype=np.float32), "too short"),
+        (12345, "expected a path"),
     ]
     for source, reason in cases:
         with pytest.raises(InputError, match=reason) as info:
             plugin.load(source)
-        assert "audio input" in str(info.value)
-    with pytest.raises(InputError, match=r"truncated\.flac"):
-        plugin.load(truncated)
+        message = str(info.value)
+        assert message.startswith("audio input "), message
+        if isinstance(source, Path):
+            assert source.name in message, message
+        elif isinstance(source, (np.ndarray, torch.Tensor)):
+            assert f"shape={tuple(source.shape)}" in message, message
+        elif isinstance(source, bytes):
+            assert f"<{len(source)} bytes>" in message, message
+    with pytest.raises(InputError, match=r"not decodable audio \(.*[Ff]ormat"):  # libsndfile's own words
+        plugin.load(b"this is not audio at all")
 
 
-def test_flac_bytes_from_a_shard_member(plugin, chirp):
-    data = chirp.read_bytes()
-    torch.testing.assert_close(plugin.load(data), plugin.load(chirp))
+@pytest.mark.parametrize("fmt", ["OGG", "MP3"])
+def test_truncated_compressed_files(plugin, tmp_path, fmt):
+    if fmt not in sf.available_formats():
+        pytest.skip(f"this libsndfile cannot write {fmt}")
+    whole = write_test_audio(tmp_path / f"a.{fmt.lower()}", 44100, 5.0, 2)
+    with pytest.raises(InputError, match="truncated") as info:
+        plugin.load(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert "bytes>" in str(info.value)
 
 
-def test_unknown_config_key():
+def test_streamed_wav_without_length_is_read(plugin, tmp_path):
+    """A WAV written to a pipe declares no data length (0xFFFFFFFF): complete, not truncated."""
+    path = write_test_audio(tmp_path / "a.wav", 16000, 2.5, 1, "PCM_16")
+    data = bytearray(path.read_bytes())
+    data_at = data.index(b"data")
+    data[data_at + 4:data_at + 8] = b"\xff\xff\xff\xff"
+    torch.testing.assert_close(plugin.load(bytes(data)), plugin.load(path), rtol=0, atol=0)
+
+
+def test_config_is_checked():
     with pytest.raises(ConfigError, match="sampel_rate"):
         create_plugin("audio", {"sampel_rate": 8000}, embed_dim=EMBED)
+    with pytest.raises(ConfigError, match="not divisible by num_heads"):
+        create_plugin("audio", {"width": 30, "num_heads": 4}, embed_dim=EMBED)
+    with pytest.raises(ConfigError, match="min_duration"):
+        create_plugin("audio", {"min_duration": 0.01}, embed_dim=EMBED)
+    with pytest.raises(ConfigError, match="global_pool"):
+        create_plugin("audio", {"global_pool": "max"}, embed_dim=EMBED)
+    with pytest.raises(ConfigError, match="clips_per_sample"):
+        create_plugin("audio", {"clips_per_sample": 0}, embed_dim=EMBED)
+
+
+def test_other_trunk_shapes(chirp):
+    """Patch sizes that do not tile 128 x 204 and class-token pooling build and run."""
+    plugin = create_plugin("audio", {**TINY, "patch_size": 12, "global_pool": "token", "target_length": 100},
+                           embed_dim=EMBED)
+    batch = plugin.collate([plugin.load(chirp)])
+    assert batch.shape == (1, 3, 1, 128, 100)
+    assert plugin(batch).shape == (1, EMBED)

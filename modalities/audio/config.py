@@ -1,32 +1,55 @@
-"""Configuration of the audio plugin (ImageBind's feature recipe + a tiny spectrogram ViT)."""
+"""Configuration of the audio plugin: ImageBind's feature recipe, a spectrogram ViT, a native objective."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from bind.errors import ConfigError
 from bind.plugin import PluginConfig
+from modalities.audio.features import FRAME_LENGTH_MS
 
-__all__ = ["AudioConfig"]
+__all__ = ["POOLINGS", "AudioConfig"]
+
+POOLINGS = ("avg", "token")
 
 
 @dataclass
 class AudioConfig(PluginConfig):
-    """Audio plugin settings. Defaults reproduce ImageBind's audio preprocessing.
+    """Audio plugin settings. The feature defaults are ImageBind's, so its features are reproduced exactly.
 
-    Attributes:
-        sample_rate: every input is resampled to this rate (ImageBind: 16 kHz).
-        num_mel_bins, target_length: kaldi fbank size: 128 mel bins x 204 frames (2 s at 10 ms).
-        clip_duration: seconds per clip.
-        clips_per_sample: clips spread uniformly over a file at inference; their embeddings are averaged.
-        train_clips_per_sample: clips per file when training (random start).
+    Features (``imagebind/data.py``):
+        sample_rate: every input is resampled to this rate (16 kHz).
+        num_mel_bins, target_length: kaldi fbank of 128 mel bins, padded or cropped to 204 frames
+            (a 2 s clip gives 198 frames at a 10 ms shift).
+        clip_duration: seconds per clip (2).
+        clips_per_sample: clips spread evenly over a file at inference, first at the start and
+            last at the end (3); the plugin averages their embeddings.
+        train_clips_per_sample: clips per file when training, each at a uniformly random start (1).
         mean, std: normalisation of the log-mel values (ImageBind's AudioSet statistics).
-        min_duration: shorter inputs are refused (seconds).
-        patch_size, width, depth, num_heads, mlp_ratio, drop_path_rate: the trunk (timm ViT).
-        native_temperature, native_proj_dim: the native (augmentation-contrastive) objective.
+        min_duration: shorter inputs are refused (seconds). At least one 25 ms fbank frame.
+
+    Trunk (a 1-channel timm ``VisionTransformer`` over the ``1 x num_mel_bins x target_length``
+    spectrogram, zero-padded to whole patches; the defaults are tiny, for a CPU):
+        patch_size, width, depth, num_heads, mlp_ratio, drop_path_rate: ViT shape; ``width`` is
+            the trunk's width (the projection head maps it to the anchor's embedding width).
+        global_pool: ``"avg"`` (mean of the patch tokens) or ``"token"`` (the class token, as ImageBind).
+
+    Native objective (the visiocentrism mitigation, active when ``native_loss_weight > 0``):
+    SimCLR-style InfoNCE between two augmented views of each clip, on trunk features.
+        native_temperature: InfoNCE temperature.
+        native_proj_dim: output width of the native projection MLP.
+        native_freq_mask, native_time_mask: widest SpecAugment mask, in mel bins and frames.
+        native_max_shift: largest circular time shift, in frames (10 ms each).
+        native_gain_db: largest level change, in dB, each way. Small on purpose: loudness is one
+            of the things the objective should keep, so the views must not differ much in it.
+
+    The logit scale is fixed at 20, as ImageBind's audio encoder.
     """
 
     logit_scale_init: float = 20.0
     logit_scale_learnable: bool = False
+
     sample_rate: int = 16000
     num_mel_bins: int = 128
     target_length: int = 204
@@ -36,11 +59,47 @@ class AudioConfig(PluginConfig):
     mean: float = -4.268
     std: float = 9.138
     min_duration: float = 0.1
+
     patch_size: int = 16
     width: int = 128
     depth: int = 2
     num_heads: int = 4
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
+    global_pool: str = "avg"
+
     native_temperature: float = 0.1
     native_proj_dim: int = 64
+    native_freq_mask: int = 24
+    native_time_mask: int = 40
+    native_max_shift: int = 20
+    native_gain_db: float = 2.0
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise ConfigError("modalities.audio: " + "; ".join(problems))
+
+    def _problems(self) -> Iterator[str]:
+        positive = {
+            "sample_rate": self.sample_rate, "num_mel_bins": self.num_mel_bins,
+            "target_length": self.target_length, "clip_duration": self.clip_duration,
+            "clips_per_sample": self.clips_per_sample, "train_clips_per_sample": self.train_clips_per_sample,
+            "std": self.std, "patch_size": self.patch_size, "width": self.width, "depth": self.depth,
+            "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio,
+            "native_temperature": self.native_temperature, "native_proj_dim": self.native_proj_dim,
+        }
+        for key, value in positive.items():
+            if not value > 0:
+                yield f"{key} must be positive, got {value}"
+        if self.min_duration < FRAME_LENGTH_MS / 1000:
+            yield f"min_duration must be at least one fbank frame ({FRAME_LENGTH_MS / 1000} s), got {self.min_duration}"
+        if self.width > 0 and self.num_heads > 0 and self.width % self.num_heads:
+            yield f"width {self.width} is not divisible by num_heads {self.num_heads}"
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            yield f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}"
+        if self.global_pool not in POOLINGS:
+            yield f"global_pool must be one of {POOLINGS}, got {self.global_pool!r}"
+        for key in ("native_freq_mask", "native_time_mask", "native_max_shift", "native_gain_db"):
+            if getattr(self, key) < 0:
+                yield f"{key} must not be negative, got {getattr(self, key)}"

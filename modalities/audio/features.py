@@ -1,53 +1,101 @@
-"""ImageBind's audio features: 2 s clips -> kaldi fbank (128 x 204) -> normalised.
+"""ImageBind's audio features: clips of a 16 kHz waveform -> kaldi fbank (128 x 204) -> normalised.
 
-Reproduces ``imagebind/data.py`` (``waveform2melspec`` and ``load_and_transform_audio_data``
-with pytorchvideo's ``ConstantClipsPerVideoSampler``) so that trunks trained with ImageBind's
-features can be loaded, and results compared, without a mismatch in preprocessing.
+Reproduces ``load_and_transform_audio_data`` and ``waveform2melspec`` of ``imagebind/data.py``,
+with the clip times of pytorchvideo's ``ConstantClipsPerVideoSampler`` at the commit ImageBind
+pins (28fe037), so that features equal ImageBind's for the same waveform. Two details matter:
+
+* Clip ``i`` of ``n`` starts at ``max(duration - clip_duration, 0) * i / (n - 1)`` seconds, in
+  exact rational arithmetic (pytorchvideo uses ``Fraction``), and spans samples
+  ``[int(start * rate), int((start + clip_duration) * rate))``.
+* ImageBind removes each clip's mean *in place* on a view of the whole waveform, so where clips
+  overlap a later clip sees the earlier clip's mean already subtracted from the shared samples.
+  With a DC offset this changes the low mel bins by up to ~0.7 normalised units, so it is
+  reproduced here (on a copy: the caller's waveform is left alone).
 """
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torchaudio.compliance import kaldi
 
-__all__ = ["clip_starts", "log_mel", "waveform_to_clips"]
+__all__ = [
+    "FRAME_LENGTH_MS",
+    "FRAME_SHIFT_MS",
+    "clip_bounds",
+    "fbank_clip",
+    "random_clip_bounds",
+    "waveform_to_clips",
+]
+
+FRAME_LENGTH_MS = 25.0
+"""fbank window length: 400 samples at 16 kHz; a clip needs at least one window."""
+FRAME_SHIFT_MS = 10.0
+"""fbank hop: 100 frames per second."""
 
 
-def log_mel(waveform: torch.Tensor, sample_rate: int, num_mel_bins: int, target_length: int) -> torch.Tensor:
-    """One clip (samples,) to a (1, mel, frames) kaldi fbank, padded with zeros or cropped to ``target_length``."""
-    wave = (waveform - waveform.mean())[None]
-    fbank = kaldi.fbank(wave, htk_compat=True, sample_frequency=sample_rate, use_energy=False,
-                        window_type="hanning", num_mel_bins=num_mel_bins, dither=0.0,
-                        frame_length=25, frame_shift=10)
-    fbank = fbank.transpose(0, 1)
+def clip_bounds(num_samples: int, sample_rate: int, clip_duration: float, clips: int) -> list[tuple[int, int]]:
+    """Sample ranges ``[start, end)`` of ``clips`` clips spread evenly over a waveform.
+
+    The first clip starts at 0 and the last ends at the waveform's end; a waveform shorter than
+    one clip gives ``clips`` copies of the whole of it (each is zero-padded later).
+    """
+    duration = num_samples / sample_rate  # a float, as in ImageBind
+    length = Fraction(clip_duration)
+    last_start = Fraction(max(duration - length, 0))
+    step = last_start / max(clips - 1, 1)
+    starts = [step * i for i in range(clips)]
+    return [(int(start * sample_rate), int((start + length) * sample_rate)) for start in starts]
+
+
+def random_clip_bounds(num_samples: int, sample_rate: int, clip_duration: float, clips: int) -> list[tuple[int, int]]:
+    """``clips`` clips at uniformly random starts (torch's RNG, so ``torch.manual_seed`` repeats them)."""
+    length = int(clip_duration * sample_rate)
+    starts = torch.randint(0, max(num_samples - length, 0) + 1, (clips,)).tolist()
+    return [(start, start + length) for start in starts]
+
+
+def fbank_clip(clip: torch.Tensor, sample_rate: int, num_mel_bins: int, target_length: int) -> torch.Tensor:
+    """One zero-mean clip ``(samples,)`` to its log-mel fbank ``(1, num_mel_bins, target_length)``.
+
+    Kaldi settings of ImageBind (after AST): HTK-compatible mel banks, Hanning window, 25 ms
+    frames every 10 ms, no dither, no energy term. Frames beyond ``target_length`` are cut;
+    missing frames are zeros (before normalisation, as in ImageBind).
+    """
+    fbank = kaldi.fbank(
+        clip[None], htk_compat=True, sample_frequency=sample_rate, use_energy=False, window_type="hanning",
+        num_mel_bins=num_mel_bins, dither=0.0, frame_length=FRAME_LENGTH_MS, frame_shift=FRAME_SHIFT_MS,
+    ).transpose(0, 1)
     missing = target_length - fbank.shape[1]
     fbank = F.pad(fbank, (0, missing)) if missing > 0 else fbank[:, :target_length]
     return fbank[None]
 
 
-def clip_starts(duration: float, clip_duration: float, clips: int) -> list[float]:
-    """Uniformly spread clip starts, as ``ConstantClipsPerVideoSampler`` (first at 0, last at the end)."""
-    last = max(duration - clip_duration, 0.0)
-    if clips == 1:
-        return [0.0]
-    return [last * i / (clips - 1) for i in range(clips)]
-
-
 def waveform_to_clips(
     waveform: torch.Tensor,
     sample_rate: int,
+    bounds: list[tuple[int, int]],
     *,
-    starts: list[float],
-    clip_duration: float,
     num_mel_bins: int,
     target_length: int,
     mean: float,
     std: float,
 ) -> torch.Tensor:
-    """(samples,) to (clips, 1, mel, frames) normalised spectrograms."""
+    """A mono waveform ``(samples,)`` to normalised spectrograms ``(clips, 1, num_mel_bins, target_length)``.
+
+    Args:
+        waveform: float samples at ``sample_rate``.
+        sample_rate: its rate in Hz.
+        bounds: ``[start, end)`` sample ranges, from :func:`clip_bounds` or :func:`random_clip_bounds`.
+        num_mel_bins, target_length: fbank size.
+        mean, std: normalisation, ``(log_mel - mean) / std``.
+    """
+    shared = waveform.detach().to(torch.float32, copy=True)
     specs = []
-    for start in starts:
-        segment = waveform[int(start * sample_rate):int((start + clip_duration) * sample_rate)]
-        specs.append((log_mel(segment, sample_rate, num_mel_bins, target_length) - mean) / std)
+    for start, end in bounds:
+        clip = shared[start:end]
+        clip -= clip.mean()  # in place on the shared samples, as ImageBind (module docstring)
+        specs.append((fbank_clip(clip, sample_rate, num_mel_bins, target_length) - mean) / std)
     return torch.stack(specs)

@@ -1,112 +1,169 @@
-"""The audio plugin: ImageBind features, a spectrogram ViT, and a native contrastive objective."""
+"""`AudioPlugin`: audio -> ImageBind fbank clips -> a spectrogram ViT -> the anchor's space."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-import torchaudio.transforms as T
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from bind.heads import l2_normalize
 from bind.plugin import InputSource, ModalityPlugin
+from modalities.audio.augment import SpectrogramAugment
 from modalities.audio.config import AudioConfig
-from modalities.audio.features import clip_starts, waveform_to_clips
+from modalities.audio.features import clip_bounds, random_clip_bounds, waveform_to_clips
 from modalities.audio.reading import read_waveform
 
 __all__ = ["AudioPlugin"]
 
 
 class AudioPlugin(ModalityPlugin):
-    """Audio: a WAV/FLAC/OGG path or file bytes (any rate, any channels), or a waveform array
-    ``(samples,)`` / ``(channels, samples)`` already at ``sample_rate``.
+    """Audio files (WAV/FLAC/OGG/MP3, any rate and channels) or waveforms, as ImageBind fbank clips.
 
-    ``load`` returns ``(clips, 1, 128, 204)`` normalised fbank spectrograms; ``collate`` stacks to
-    ``(B, clips, 1, 128, 204)``. Embeddings of a sample's clips are averaged (as ImageBind does).
+    Input: a path or the bytes of an audio file, or a float waveform array/tensor already at
+    ``sample_rate`` shaped ``(samples,)`` or ``(channels, samples)``. Channels are averaged to
+    mono and the waveform resampled to ``sample_rate`` (see :mod:`modalities.audio.reading`).
+
+    Preprocessing: ImageBind's, exactly (:mod:`modalities.audio.features`): ``clips_per_sample``
+    clips of ``clip_duration`` spread over the file (``train_clips_per_sample`` random clips when
+    ``train=True``), each a kaldi log-mel fbank normalised with ImageBind's statistics.
+    ``load`` returns ``(clips, 1, num_mel_bins, target_length)``; ``collate`` stacks to
+    ``(B, clips, 1, num_mel_bins, target_length)`` float32.
+
+    Model: a 1-channel timm ``VisionTransformer`` runs on every clip (zero-padded to whole
+    patches). ``forward_features`` averages the pooled clip features, ``(B, width)``.
+    ``forward`` normalises each clip's projected embedding, averages over clips as ImageBind
+    does, and normalises the mean again so that every output has unit norm (a mean of unit
+    vectors is shorter than 1, the more the clips disagree). Fixed logit scale 20 (ImageBind).
     """
 
-    name = "audio"
-    Config = AudioConfig
-    sample_keys = ("flac", "wav", "ogg", "mp3")
+    name: ClassVar[str] = "audio"
+    Config: ClassVar[type[AudioConfig]] = AudioConfig
+    sample_keys: ClassVar[tuple[str, ...]] = ("flac", "wav", "mp3", "ogg")
     config: AudioConfig
 
-    def build_trunk(self) -> tuple[nn.Module, int]:
+    def __init__(self, config: AudioConfig | Mapping[str, Any] | None = None, *, embed_dim: int) -> None:
+        super().__init__(config, embed_dim=embed_dim)
         cfg = self.config
-        # Spectrograms are zero-padded up to whole patches (204 frames -> 208 for 16-px patches).
-        self.padded_size = tuple(math.ceil(n / cfg.patch_size) * cfg.patch_size
-                                 for n in (cfg.num_mel_bins, cfg.target_length))
-        trunk = VisionTransformer(
-            img_size=self.padded_size, patch_size=cfg.patch_size, in_chans=1,
-            num_classes=0, embed_dim=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio, drop_path_rate=cfg.drop_path_rate,
-            global_pool="avg",
-        )
+        self.native_head: nn.Module | None = None
+        self.augment: SpectrogramAugment | None = None
         if cfg.native_loss_weight > 0:
-            # SimCLR-style projection for the native objective; built only when used so that the
-            # default model has no parameters without gradients.
-            self.native_proj = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.GELU(),
-                                             nn.Linear(cfg.width, cfg.native_proj_dim))
-            self.augment = nn.Sequential(T.FrequencyMasking(freq_mask_param=24), T.TimeMasking(time_mask_param=40))
+            # Built only when the native objective is on, so a default model has no parameter
+            # that never receives a gradient (DDP would need find_unused_parameters).
+            self.native_head = nn.Sequential(
+                nn.Linear(self.trunk_dim, self.trunk_dim), nn.GELU(), nn.Linear(self.trunk_dim, cfg.native_proj_dim)
+            )
+            self.augment = SpectrogramAugment(
+                cfg.native_freq_mask, cfg.native_time_mask, cfg.native_max_shift, cfg.native_gain_db, cfg.std
+            )
+
+    # ------------------------------------------------------------------ trunk
+    def build_trunk(self) -> tuple[nn.Module, int]:
+        """A headless 1-channel timm ViT whose input is the spectrogram padded to whole patches."""
+        cfg = self.config
+        self.input_size = (cfg.num_mel_bins, cfg.target_length)
+        # 128 x 204 with 16-pixel patches -> 128 x 208 (8 x 13 patches); the padding is zeros.
+        self.padded_size = tuple(math.ceil(n / cfg.patch_size) * cfg.patch_size for n in self.input_size)
+        trunk = VisionTransformer(
+            img_size=self.padded_size,
+            patch_size=cfg.patch_size,
+            in_chans=1,
+            num_classes=0,
+            embed_dim=cfg.width,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            drop_path_rate=cfg.drop_path_rate,
+            class_token=True,
+            global_pool=cfg.global_pool,
+        )
         return trunk, cfg.width
 
+    # ------------------------------------------------------------------ data
     def load(self, source: InputSource, *, train: bool = False) -> torch.Tensor:
+        """Read one input into ``(clips, 1, num_mel_bins, target_length)`` normalised spectrograms.
+
+        Args:
+            source: a path, file bytes (format sniffed from the content), or a waveform at
+                ``sample_rate`` shaped ``(samples,)`` / ``(channels, samples)``.
+            train: take ``train_clips_per_sample`` clips at random starts (torch's RNG) instead
+                of ``clips_per_sample`` evenly spread ones.
+
+        Raises:
+            InputError: naming ``source`` and the reason (see :func:`~modalities.audio.reading.read_waveform`).
+        """
         cfg = self.config
         wave = read_waveform(source, cfg.sample_rate, cfg.min_duration)
-        duration = wave.numel() / cfg.sample_rate
         if train:
-            last = max(duration - cfg.clip_duration, 0.0)
-            starts = (torch.rand(cfg.train_clips_per_sample) * last).tolist()
+            bounds = random_clip_bounds(wave.numel(), cfg.sample_rate, cfg.clip_duration, cfg.train_clips_per_sample)
         else:
-            starts = clip_starts(duration, cfg.clip_duration, cfg.clips_per_sample)
-        return waveform_to_clips(wave, cfg.sample_rate, starts=starts, clip_duration=cfg.clip_duration,
-                                 num_mel_bins=cfg.num_mel_bins, target_length=cfg.target_length,
-                                 mean=cfg.mean, std=cfg.std)
+            bounds = clip_bounds(wave.numel(), cfg.sample_rate, cfg.clip_duration, cfg.clips_per_sample)
+        return waveform_to_clips(wave, cfg.sample_rate, bounds, num_mel_bins=cfg.num_mel_bins,
+                                 target_length=cfg.target_length, mean=cfg.mean, std=cfg.std)
 
     def collate(self, samples: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Stack samples from :meth:`load` (all with the same clip count) to ``(B, clips, 1, mel, frames)``."""
+        shapes = {tuple(s.shape) for s in samples}
+        if len(shapes) > 1:
+            raise ValueError(f"audio samples have different shapes {sorted(shapes)}: do not mix train=True "
+                             "and train=False samples in one batch")
         return torch.stack(list(samples))
 
-    def _clip_features(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, clips, 1, mel, frames) -> (B, clips, width)."""
-        size, clips = batch.shape[:2]
-        return self._trunk(batch.flatten(0, 1)).view(size, clips, -1)
-
-    def _trunk(self, specs: torch.Tensor) -> torch.Tensor:
-        """(N, 1, mel, frames) -> (N, width), padding to whole patches first."""
-        pad_f, pad_m = self.padded_size[1] - specs.shape[-1], self.padded_size[0] - specs.shape[-2]
-        return self.trunk(F.pad(specs, (0, pad_f, 0, pad_m)))
-
+    # ------------------------------------------------------------------ model
     def forward_features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Pooled trunk features averaged over each sample's clips, ``(B, width)``."""
         return self._clip_features(batch).mean(1)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings ``(B, embed_dim)``: the renormalised mean of normalised clip embeddings."""
         return self.forward_with_features(batch)[1]
 
     def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Normalise per clip, average (ImageBind), then renormalise so the output is unit norm.
         clip_features = self._clip_features(batch)
         clip_embeddings = l2_normalize(self.head(clip_features))
         return clip_features.mean(1), l2_normalize(clip_embeddings.mean(1))
 
     def native_loss(self, batch: torch.Tensor) -> torch.Tensor | None:
-        """InfoNCE between two augmentations (SpecAugment masks, time shift, gain) of each clip.
+        """SimCLR-style InfoNCE between two augmented views of each sample's first clip, or None when off.
 
-        It is computed on trunk features and never sees the anchor, so it rewards the trunk for
-        keeping what distinguishes clips acoustically — rhythm, tempo, loudness — even where the
-        image space cannot represent it (the visiocentrism mitigation).
+        Both views go through the trunk and a small projection MLP, never the anchor, so the loss
+        rewards the trunk for keeping what tells clips apart acoustically — rhythm, tempo,
+        loudness — even where the image space has nothing to match it with (the visiocentrism
+        mitigation). Symmetric cross-entropy over the batch at ``native_temperature``; only the
+        first clip is used because a sample's clips may overlap or, for short files, coincide,
+        and would then be negatives of themselves.
         """
-        if self.config.native_loss_weight <= 0:
+        if self.native_head is None or self.augment is None:
             return None
-        specs = batch[:, 0]  # (B, 1, mel, frames): the first clip of each sample
-        views = [self.native_proj(self._trunk(self._augment(specs))) for _ in range(2)]
-        a, b = (F.normalize(v, dim=-1) for v in views)
-        logits = a @ b.T / self.config.native_temperature
-        labels = torch.arange(len(a), device=a.device)
+        specs = self._checked(batch)[:, 0]
+        views = torch.cat([self.augment(specs), self.augment(specs)])
+        projected = F.normalize(self.native_head(self._trunk(views)).float(), dim=-1)
+        first, second = projected.chunk(2)
+        logits = first @ second.T / self.config.native_temperature
+        labels = torch.arange(len(first), device=logits.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
-    def _augment(self, specs: torch.Tensor) -> torch.Tensor:
-        shift = int(torch.randint(-20, 21, ()).item())
-        gain = 1 + 0.1 * torch.randn(specs.shape[0], 1, 1, 1, device=specs.device)
-        return self.augment(torch.roll(specs, shifts=shift, dims=-1)) * gain
+    def _clip_features(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(B, clips, 1, mel, frames)`` -> ``(B, clips, width)``: the trunk on every clip at once."""
+        batch = self._checked(batch)
+        size, clips = batch.shape[:2]
+        return self._trunk(batch.flatten(0, 1)).view(size, clips, -1)
+
+    def _trunk(self, specs: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, mel, frames)`` -> ``(N, width)``, padding with zeros to whole patches first."""
+        pad_mel, pad_frames = (p - n for p, n in zip(self.padded_size, self.input_size, strict=True))
+        return self.trunk(F.pad(specs, (0, pad_frames, 0, pad_mel)))
+
+    def _checked(self, batch: Any) -> torch.Tensor:
+        expected = (1, *self.input_size)
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 5 or tuple(batch.shape[2:]) != expected:
+            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise ValueError(
+                f"audio batches are (batch, clips, {', '.join(map(str, expected))}) spectrograms from "
+                f"AudioPlugin.load + collate, got {shape}"
+            )
+        return batch
