@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import recall_score
 
 from bind.anchor import AnchorConfig, FrozenAnchor
-from bind.eval.probe import linear_probe
+from bind.eval.probe import linear_probe, make_linear_probe
 from pipelines.world.config import ATTRIBUTES, WorldConfig
 from pipelines.world.generate import generate
 
@@ -39,7 +40,20 @@ def _embed(anchor: FrozenAnchor, n: int, split: str, seed: int, cfg: WorldConfig
 
 def anchor_probe(train: int = 800, test: int = 400, seed: int = 0, workers: int = 1,
                  anchor: AnchorConfig | None = None, cfg: WorldConfig | None = None) -> dict[str, Any]:
-    """Test-split linear-probe accuracy of visual attributes from the anchor's embeddings."""
+    """Test-split linear-probe accuracy of visual attributes from the anchor's embeddings.
+
+    Args:
+        train: train-split scenes to fit on.
+        test: test-split scenes to score.
+        seed: world seed.
+        workers: world generation processes.
+        anchor: the image anchor (default: the packaged EfficientNet-Lite0).
+        cfg: world settings.
+
+    Returns:
+        ``{attr}/accuracy`` and ``{attr}/chance`` for every attribute an image can show, and
+        ``category/recall`` per category (which categories the anchor confuses).
+    """
     cfg = cfg or WorldConfig()
     model = FrozenAnchor(anchor or AnchorConfig())
     x_train, a_train = _embed(model, train, "train", seed, cfg, workers)
@@ -54,6 +68,11 @@ def anchor_probe(train: int = 800, test: int = 400, seed: int = 0, workers: int 
         probe = linear_probe(features, labels, train_indices=train_idx, test_indices=test_idx)
         result[f"{name}/accuracy"] = probe["accuracy"]
         result[f"{name}/chance"] = 1 / len(spec.values)
+    labels = np.array([a["category"] for a in a_train + a_test])
+    classifier = make_linear_probe().fit(x_train, labels[:train])
+    classes = list(ATTRIBUTES["category"].values)
+    recalls = recall_score(labels[train:], classifier.predict(x_test), labels=classes, average=None, zero_division=0)
+    result["category/recall"] = dict(zip(classes, (float(r) for r in recalls), strict=True))
     return result
 
 
@@ -62,10 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=800)
     parser.add_argument("--test", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="world generation processes")
+    parser.add_argument("--min-category-accuracy", type=float, default=0.0,
+                        help="exit with status 1 when the category accuracy is below this")
     args = parser.parse_args(argv)
-    print(json.dumps(anchor_probe(args.train, args.test, args.seed, args.workers), indent=2))
-    return 0
+    result = anchor_probe(args.train, args.test, args.seed, args.workers)
+    print(json.dumps(result, indent=2))
+    return 0 if result["category/accuracy"] >= args.min_category_accuracy else 1
 
 
 if __name__ == "__main__":
