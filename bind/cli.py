@@ -8,6 +8,7 @@ imported only when their command runs, so ``anchorbind --help`` is instant.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -36,6 +37,8 @@ def _usage() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``anchorbind`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # loader workers fork after the tokenizer ran; its thread pool must not be inherited
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage())
         return 0
