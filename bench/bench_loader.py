@@ -1,12 +1,20 @@
-"""Loader throughput against what a training step consumes, measured in one run, as JSON.
+"""Loader throughput: samples/s of ``build_loader`` decoding image + audio + depth + text, as JSON.
 
-Decodes image + audio + depth + text from world shards with the demo config's plugins
-(``configs/demo.yaml``), with N workers; then times training steps of the same model on
-batches already in memory (anchor from the cache, as the demo trains). ``headroom`` > 1 means
-the loader is not the bottleneck.
+Builds the demo config's processors (``configs/demo.yaml``: the anchor and the text, audio and
+depth plugins), then measures, after the workers have started:
 
-    python bench/bench_loader.py --shards runs/demo/world/train
-    python bench/bench_loader.py --make-world 512
+- ``loader_samples_per_s``: the training loader (resampled, shuffled, ``train=True``
+  augmentations) with ``--workers`` workers decoding all four modalities;
+- ``loader_cached_samples_per_s``: the same with the anchor cache (``anchor.npy`` read, images not
+  decoded), which is how training reads data once ``anchorbind cache`` has run;
+- ``decode_ms_per_sample``: each modality's ``load(train=True)`` alone, in this process, one thread;
+- ``collate_ms_per_batch``: each modality's ``collate`` of one batch.
+
+Compare ``loader_*`` with the trainer's consumption rate (``bench/bench_train.py``): the loader
+is not the bottleneck when it is higher.
+
+    python bench/bench_loader.py                       # a temporary 512-scene world
+    python bench/bench_loader.py --shards runs/demo/world/train --workers 4
 """
 
 from __future__ import annotations
@@ -27,82 +35,90 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def loader_rate(loader, batches: int) -> tuple[float, int]:
+    """Samples/s over ``batches`` batches after the first (worker start-up excluded); and errors seen."""
+    iterator = iter(loader)
+    first = next(iterator)
+    errors = len(first["errors"])
+    start, samples = time.perf_counter(), 0
+    for _ in range(batches):
+        batch = next(iterator)
+        samples += len(batch["__key__"])
+        errors += len(batch["errors"])
+    rate = samples / (time.perf_counter() - start)
+    del iterator
+    return rate, errors
+
+
 def main() -> None:
-    from bind.data.cache import build_anchor_cache
+    from bind.anchor import FrozenAnchor
+    from bind.data.cache import build_anchor_cache, shards_have_anchor_cache
     from bind.data.loader import build_loader
     from bind.data.shardlist import expand_shards, iter_shard
-    from bind.loss import BindingLoss
-    from bind.model import BindModel
-    from bind.optim import build_optimizer
-    from bind.train_config import OptimConfig
+    from bind.registry import create_plugin
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shards", type=Path)
-    parser.add_argument("--make-world", type=int, default=512)
+    parser.add_argument("--shards", type=Path, help="shards to read (default: generate a temporary world)")
+    parser.add_argument("--make-world", type=int, default=512, help="scenes of the temporary world")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--batches", type=int, default=12, help="timed batches per loader")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-cache", action="store_true", help="skip the anchor-cache measurement")
     args = parser.parse_args()
 
-    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["model"]
     work = Path(tempfile.mkdtemp(prefix="anchorbind-loader-"))
     try:
         shards = args.shards
         if shards is None:
             from pipelines.shards.world import write_world_shards
 
-            write_world_shards(work / "world", train=args.make_world, test=0, seed=0, shard_size=128, workers=2)
             shards = work / "world" / "train"
-            build_anchor_cache(str(shards), cfg["model"]["anchor"], batch_size=64, progress=False)
-        model = BindModel.from_config(cfg["model"])
-        processors = {m: model.processor(m) for m in model.modalities}
+            write_world_shards(work / "world", train=args.make_world, test=0, seed=0, shard_size=128, workers=2)
+        anchor = FrozenAnchor(cfg["anchor"])
+        processors = {"image": anchor}
+        for name, plugin_cfg in cfg["modalities"].items():
+            processors[name] = create_plugin(name, plugin_cfg or {}, embed_dim=anchor.embed_dim)
 
+        result: dict = {"cpu_count": os.cpu_count(), "workers": args.workers, "batch_size": args.batch_size,
+                        "modalities": sorted(processors)}
         loader = build_loader(str(shards), processors, train=True, batch_size=args.batch_size,
                               num_workers=args.workers, shuffle_buffer=256)
-        it = iter(loader)
-        next(it)  # workers started
-        start = time.perf_counter()
-        for _ in range(args.batches):
-            next(it)
-        loader_rate = args.batches * args.batch_size / (time.perf_counter() - start)
-        del it
+        result["loader_samples_per_s"], result["decode_errors"] = loader_rate(loader, args.batches)
 
-        per_modality = {}
-        raw = next(iter_shard(expand_shards(str(shards))[0]))
+        if not args.no_cache:
+            cached_dir = shards
+            if not shards_have_anchor_cache(str(shards), anchor.identity):
+                cached_dir = work / "cached"  # never rewrite the user's shards from a benchmark
+                cached_dir.mkdir()
+                for url in expand_shards(str(shards)):
+                    shutil.copy(url, cached_dir)
+                build_anchor_cache(str(cached_dir), cfg["anchor"], batch_size=64, progress=False)
+            plugins = {m: p for m, p in processors.items() if m != "image"}
+            cached = build_loader(str(cached_dir), plugins, train=True, batch_size=args.batch_size,
+                                  num_workers=args.workers, shuffle_buffer=256, use_anchor_cache=True,
+                                  anchor_identity=anchor.identity)
+            result["loader_cached_samples_per_s"], _ = loader_rate(cached, args.batches)
+
+        torch.set_num_threads(1)  # what each loader worker uses
+        raw = [s for _, s in zip(range(args.batch_size), iter_shard(expand_shards(str(shards))[0]), strict=False)]
+        decode, collate = {}, {}
         for name, proc in processors.items():
-            member = next((k for k in proc.sample_keys if k in raw), None)
-            if member is None:
+            members = [s[next(k for k in proc.sample_keys if k in s)] for s in raw
+                       if any(k in s for k in proc.sample_keys)]
+            if not members:
                 continue
             start = time.perf_counter()
-            for _ in range(20):
-                proc.load(raw[member], train=True)
-            per_modality[name] = 20 / (time.perf_counter() - start)
-
-        # the training step as the demo runs it: anchor embeddings from the cache, images not decoded
-        plugins = {m: model.processor(m) for m in model.plugins}
-        cached = iter(build_loader(str(shards), plugins, train=True, batch_size=args.batch_size, num_workers=0,
-                                   use_anchor_cache=True, anchor_identity=model.anchor.identity))
-        steps = [next(cached) for _ in range(6)]
-        loss_fn = BindingLoss(weights=dict.fromkeys(model.plugins, 1.0))
-        optimizer = build_optimizer(model, OptimConfig())
-        model.train()
-        start = 0.0
-        for index, batch in enumerate(steps):
-            if index == 2:  # two warm-up steps
-                start = time.perf_counter()
-            out = model(batch)
-            loss_fn(out["embeddings"], out["logit_scales"], out["masks"])["loss"].backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        train_rate = (len(steps) - 2) * args.batch_size / (time.perf_counter() - start)
-        print(json.dumps({
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "workers": args.workers,
-            "batch_size": args.batch_size,
-            "loader_samples_per_s": loader_rate,
-            "decode_samples_per_s_single_process": per_modality,
-            "train_step_samples_per_s": train_rate,
-            "headroom": loader_rate / train_rate,
-        }, indent=2))
+            loaded = [proc.load(m, train=True) for m in members]
+            decode[name] = 1000 * (time.perf_counter() - start) / len(members)
+            start = time.perf_counter()
+            proc.collate(loaded)
+            collate[name] = 1000 * (time.perf_counter() - start)
+        result["decode_ms_per_sample"] = decode
+        result["decode_ms_per_sample_all_modalities"] = sum(decode.values())
+        result["collate_ms_per_batch"] = collate
+        result["single_thread_decode_samples_per_s"] = 1000 / sum(decode.values())
+        print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,27 +1,47 @@
-"""Converting a user's data (a folder, or a CSV/JSONL manifest) into WebDataset shards.
+"""Converting a user's data (a folder, or a CSV/JSONL manifest) into validated WebDataset shards.
 
-Folder layout: files are grouped into samples by their *stem* (the name up to the first dot);
-the rest of the name says what the file is, matched against every modality's ``sample_keys``
-(longest match first), e.g. ``0001.jpg`` (image), ``0001.txt`` (text), ``0001.flac`` (audio),
-``0001.depth.png`` / ``0001.depth.npy`` (depth).
+**Folder.** Files (searched recursively, hidden ones ignored) are grouped into samples by *stem*:
+the path relative to the folder up to the first dot of the file name (``a/0001.jpg`` -> key
+``a_0001``). The rest of the name picks the modality, using each modality's ``sample_keys``
+(the anchor's for ``image``, each registered plugin's for the others), first rule that applies:
 
-Manifest layout: a CSV or JSONL file with columns ``image``, ``text``, ``audio``, ``depth`` (any
-subset per row; any registered modality name works as a column). Paths are relative to the
-manifest; the ``text`` column may hold the text itself. An optional ``key`` column names samples.
+1. ``<stem>_<modality>.<ext>``: when the extension alone would mean another modality, a
+   ``_<modality>`` suffix naming a registered modality that reads ``<ext>`` reassigns the file,
+   e.g. ``0001_depth.png`` is the 16-bit depth PNG of sample ``0001`` next to ``0001.png``;
+2. the longest dotted suffix equal to a sample key: ``0001.depth.png`` / ``0001.depth.npy``
+   (depth), ``0001.png`` / ``.jpg`` / ``.jpeg`` / ``.webp`` (image), ``0001.txt`` (text),
+   ``0001.flac`` / ``.wav`` / ``.mp3`` / ``.ogg`` (audio);
+3. the extension alone, when exactly one modality has a key ending in it: ``0001.npy`` (depth).
 
-Every file is decoded by its modality's own ``load`` before it is written, so bad files never
-reach training: unreadable, truncated, empty, unknown-format or missing files are skipped,
-counted and listed with the reason in ``OUT/report.json``. A sample keeps its valid modalities;
-one left with none is skipped.
+Anything else is skipped as ``unknown format``; two files of one modality for one stem keep the
+first (in ``sample_keys`` order) and skip the other as a duplicate.
+
+**Manifest.** A ``.csv`` or ``.jsonl`` file whose columns named after a modality (``image``,
+``text``, ``audio``, ``depth``, or any registered plugin) hold file paths, relative to the
+manifest's folder (absolute paths work too); any subset per row, empty cells allowed. The
+``text`` column may hold the text itself (a value that is not an existing file and does not look
+like a ``.txt`` path). An optional ``key`` column names samples (default: the row number,
+``000000000``...). Every other column is kept as metadata in the sample's ``json`` member.
+
+**Validation.** Every file is decoded by its modality's own ``load`` (the anchor's for images)
+before it is written, so bad files never reach training. Unreadable, truncated, empty,
+unknown-format or missing files are skipped; a sample keeps its valid modalities, and one left
+with none is skipped. Everything skipped is counted and listed with the reason in
+``OUT/report.json`` (written atomically, like every shard and ``manifest.json``).
+
+Samples are validated in ``workers`` processes and written in input order, so the shards are
+identical whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
-from collections import Counter
-from collections.abc import Iterator, Mapping
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +49,26 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from bind.errors import InputError
-from pipelines.shards.writer import shard_name, write_manifest, write_shard
+from pipelines.shards.writer import ShardSink, finish_entry, write_manifest
 
-__all__ = ["ConversionReport", "convert_to_shards", "load_processors"]
+__all__ = ["ConversionReport", "classify_file", "convert_to_shards", "load_processors"]
+
+REPORT = "report.json"
+ANCHOR = "image"
 
 
 @dataclass
 class ConversionReport:
-    """Counts and reasons; also written to ``report.json``."""
+    """Counts and reasons of one conversion; also written to ``OUT/report.json``.
+
+    Attributes:
+        samples_written: samples written to shards.
+        samples_skipped: samples left with no valid modality (not written).
+        files_skipped: files (or cells) skipped: missing, unreadable, invalid, unknown format.
+        modalities: samples written per modality.
+        shards: shard file names.
+        skipped: one ``{"source", "key", "modality", "reason"}`` per skipped file or sample.
+    """
 
     samples_written: int = 0
     samples_skipped: int = 0
@@ -44,144 +76,326 @@ class ConversionReport:
     modalities: dict[str, int] = field(default_factory=dict)
     shards: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    out_dir: str = ""
 
     def summary(self) -> str:
-        return (f"wrote {self.samples_written} samples in {len(self.shards)} shards "
-                f"({', '.join(f'{k}: {v}' for k, v in sorted(self.modalities.items()))}); "
-                f"skipped {self.files_skipped} files and {self.samples_skipped} samples — reasons in report.json")
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.modalities.items())) or "no modality"
+        return (f"wrote {self.samples_written} samples in {len(self.shards)} shards ({counts}); "
+                f"skipped {self.files_skipped} files and {self.samples_skipped} samples"
+                f" — reasons in {Path(self.out_dir) / REPORT}")
+
+    def skip(self, source: Any, key: str | None, modality: str | None, reason: str, *, sample: bool = False) -> None:
+        self.skipped.append({"source": str(source), "key": key or "", "modality": modality or "", "reason": reason})
+        if sample:
+            self.samples_skipped += 1
+        else:
+            self.files_skipped += 1
 
 
-def load_processors(modalities: list[str] | None = None) -> dict[str, Any]:
-    """The anchor (for ``image``) and every plugin, used here only to read and check files."""
+def load_processors(modalities: Sequence[str] | None = None) -> dict[str, Any]:
+    """The anchor (``image``) and the plugins, used here only to read and check files.
+
+    The anchor is built without pretrained weights (``weights="none"``: reading an image does not
+    depend on them) and plugins with a tiny head, since only their ``load`` runs.
+    """
     from bind.anchor import AnchorConfig, FrozenAnchor
     from bind.registry import create_plugin, list_modalities
 
-    names = modalities or list_modalities()
-    processors: dict[str, Any] = {"image": FrozenAnchor(AnchorConfig(weights="none"))}
+    names = list(modalities) if modalities is not None else [ANCHOR, *list_modalities()]
+    processors: dict[str, Any] = {}
     for name in names:
-        if name != "image":
-            processors[name] = create_plugin(name, embed_dim=8)
+        processors[name] = (FrozenAnchor(AnchorConfig(weights="none")) if name == ANCHOR
+                            else create_plugin(name, embed_dim=8))
     return processors
 
 
-def _classify(name: str, processors: Mapping[str, Any]) -> tuple[str, str] | None:
-    """``(modality, member key)`` for a file name, by the longest matching extension."""
+# ---------------------------------------------------------------------------------------- naming
+def _keys_of(processors: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    return {name: tuple(k.lower() for k in proc.sample_keys) for name, proc in processors.items()}
+
+
+def _key_for_extension(keys: tuple[str, ...], extension: str) -> str | None:
+    """The modality's sample key for a file extension: equal to it, or ending in ``.<ext>``."""
+    return next((k for k in keys if k == extension), None) or next(
+        (k for k in keys if k.endswith("." + extension)), None)
+
+
+def classify_file(name: str, keys: Mapping[str, tuple[str, ...]]) -> tuple[str, str, str] | str:
+    """``(stem, modality, member key)`` for a file name, or the reason it has none.
+
+    Args:
+        name: the file name (no directory).
+        keys: ``{modality: sample_keys}`` (lower case).
+    """
     parts = name.split(".")
-    for i in range(1, len(parts)):
+    if len(parts) < 2 or not parts[0]:
+        return "unknown format (no extension)"
+    stem, extension = parts[0], parts[-1].lower()
+    default = None
+    for i in range(1, len(parts)):  # rule 2: the longest dotted suffix that is a sample key
         suffix = ".".join(parts[i:]).lower()
-        for modality, processor in processors.items():
-            if suffix in processor.sample_keys:
-                return modality, suffix
-    return None
+        default = next(((m, suffix) for m, ks in keys.items() if suffix in ks), None)
+        if default:
+            break
+    if "_" in stem:  # rule 1: <stem>_<modality>.<ext> overriding what the extension says
+        base, _, tag = stem.rpartition("_")
+        if base and tag in keys and (default is None or default[0] != tag):
+            member = _key_for_extension(keys[tag], extension)
+            if member is not None:
+                return base, tag, member
+    if default:
+        return stem, default[0], default[1]
+    matches = [(m, k) for m, ks in keys.items() for k in ks if k.endswith("." + extension)]  # rule 3
+    if len({m for m, _ in matches}) == 1:
+        return stem, matches[0][0], matches[0][1]
+    if matches:
+        return f"ambiguous format (.{extension} could be {sorted({m for m, _ in matches})})"
+    return f"unknown format (.{extension})"
 
 
-def _folder_rows(root: Path, processors: Mapping[str, Any], report: ConversionReport) -> Iterator[dict[str, Any]]:
-    groups: dict[str, dict[str, Any]] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        stem = str(path.relative_to(root)).split(".")[0]
-        found = _classify(path.name, processors)
-        if found is None:
-            report.skipped.append({"source": str(path), "modality": "", "reason": "unknown format"})
-            report.files_skipped += 1
+# ---------------------------------------------------------------------------------------- rows
+@dataclass
+class _Row:
+    """One sample to validate: ``members[modality] = (source, member key, inline text or None)``."""
+
+    key: str
+    members: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
+    meta: dict[str, Any] | None = None
+
+
+def _folder_rows(root: Path, keys: Mapping[str, tuple[str, ...]], exclude: Path | None,
+                 report: ConversionReport) -> list[_Row]:
+    rows: dict[str, _Row] = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
             continue
-        modality, member = found
-        groups.setdefault(stem, {"key": stem.replace("/", "_").replace(".", "_")})[modality] = (path, member)
-    yield from groups.values()
+        if exclude is not None and (path == exclude or exclude in path.parents):
+            continue
+        found = classify_file(path.name, keys)
+        if isinstance(found, str):
+            report.skip(path, None, None, found)
+            continue
+        stem, modality, member = found
+        key = "_".join([*relative.parts[:-1], stem]).replace(".", "_")
+        row = rows.setdefault(key, _Row(key))
+        previous = row.members.get(modality)
+        if previous is not None:
+            keep_new = keys[modality].index(member) < keys[modality].index(previous[1])
+            dropped = previous[0] if keep_new else str(path)
+            report.skip(dropped, key, modality, f"duplicate {modality} file for sample {key!r}")
+            if not keep_new:
+                continue
+        row.members[modality] = (str(path), member, None)
+    return list(rows.values())
 
 
-def _manifest_rows(manifest: Path, processors: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def _read_manifest(manifest: Path) -> list[dict[str, Any]]:
     if manifest.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    else:
-        with manifest.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    for number, row in enumerate(rows):
-        sample: dict[str, Any] = {"key": str(row.get("key") or f"{number:09d}")}
-        for modality, value in row.items():
-            if modality == "key" or value in (None, ""):
-                continue
-            if modality not in processors:
-                sample.setdefault("unknown", []).append(modality)
-                continue
-            path = (manifest.parent / str(value))
-            if modality == "text" and not path.is_file():
-                sample[modality] = (str(value), processors["text"].sample_keys[0])  # the text itself
-            else:
-                member = _classify(path.name, {modality: processors[modality]})
-                sample[modality] = (path, member[1] if member else processors[modality].sample_keys[0])
-        yield sample
+        rows = []
+        for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as err:
+                    raise InputError(manifest, f"line {number} is not JSON ({err})") from None
+        return rows
+    if manifest.suffix.lower() == ".csv":
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    raise InputError(manifest, "a manifest must be a .csv or .jsonl file")
 
 
-def _validated(row: dict[str, Any], processors: Mapping[str, Any], report: ConversionReport) -> dict[str, Any] | None:
-    sample: dict[str, Any] = {"__key__": row["key"]}
-    for column in row.get("unknown", []):
-        report.skipped.append({"source": f"row {row['key']}", "modality": column, "reason": "unknown modality column"})
-        report.files_skipped += 1
-    for modality, processor in processors.items():
-        if modality not in row:
+def _looks_like_text_path(value: str) -> bool:
+    return value.lower().endswith(".txt") and not any(c.isspace() for c in value)
+
+
+def _manifest_rows(manifest: Path, keys: Mapping[str, tuple[str, ...]], report: ConversionReport) -> list[_Row]:
+    rows = []
+    seen: set[str] = set()
+    for number, record in enumerate(_read_manifest(manifest)):
+        if not isinstance(record, Mapping):
+            report.skip(f"{manifest}:{number + 1}", None, None, "row is not an object", sample=True)
             continue
-        source, member = row[modality]
+        key = str(record.get("key") or f"{number:09d}").replace("/", "_").replace(".", "_")
+        if key in seen:
+            report.skip(f"{manifest}:{number + 1}", key, None, f"duplicate key {key!r}", sample=True)
+            continue
+        seen.add(key)
+        row = _Row(key, meta={})
+        for column, value in record.items():
+            if column == "key":
+                continue
+            if column not in keys:
+                row.meta[column] = value
+                continue
+            if value is None or value == "":
+                continue
+            value = str(value)
+            path = Path(value) if Path(value).is_absolute() else manifest.parent / value
+            if column == "text" and not path.is_file() and not _looks_like_text_path(value):
+                row.members[column] = (f"{manifest}:{number + 1}:text", keys[column][0], value)
+                continue
+            member = _key_for_extension(keys[column], path.suffix.lstrip(".").lower())
+            if member is None:
+                report.skip(path, key, column, f"unknown format for {column} (.{path.suffix.lstrip('.')})")
+                continue
+            row.members[column] = (str(path), member, None)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- validation
+_WORKER_PROCESSORS: Mapping[str, Any] = {}
+
+
+def _init_worker(processors: Mapping[str, Any] | None, names: Sequence[str]) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    global _WORKER_PROCESSORS
+    _WORKER_PROCESSORS = processors if processors is not None else load_processors(names)
+
+
+def _validate(row: _Row, processors: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Decode every member of ``row``; returns the sample to write and the problems found."""
+    processors = processors if processors is not None else _WORKER_PROCESSORS
+    sample: dict[str, Any] = {"__key__": row.key}
+    problems: list[dict[str, str]] = []
+    for modality, (source, member, inline) in row.members.items():
         try:
-            if isinstance(source, Path):
-                if not source.is_file():
-                    raise InputError(source, "missing file", modality)
-                data: bytes | str = source.read_bytes()
-                processor.load(data)
+            if inline is not None:
+                data: bytes | str = inline
             else:
-                data = source
-                processor.load(data)
-        except InputError as err:
-            report.skipped.append({"source": str(source), "modality": modality, "reason": err.reason})
-            report.files_skipped += 1
+                try:
+                    data = Path(source).read_bytes()
+                except FileNotFoundError:
+                    raise InputError(source, "missing file", modality) from None
+                except OSError as err:
+                    raise InputError(source, f"unreadable file ({err.strerror or err})", modality) from None
+            processors[modality].load(data)
+        except Exception as err:  # a plugin bug on one file must not stop a long conversion
+            reason = err.reason if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
+            problems.append({"source": source, "key": row.key, "modality": modality, "reason": reason})
             continue
         sample[member] = data
-    if len(sample) == 1:
-        report.samples_skipped += 1
-        return None
-    return sample
+    if row.meta:
+        sample["json"] = row.meta
+    return sample, problems
+
+
+def _validated(rows: list[_Row], processors: Mapping[str, Any] | None, names: Sequence[str],
+               workers: int) -> Iterator[tuple[_Row, dict[str, Any], list[dict[str, str]]]]:
+    if workers <= 1:
+        local = processors if processors is not None else load_processors(names)
+        for row in rows:
+            yield row, *_validate(row, local)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(processors, list(names))) as pool:
+        chunk = max(1, min(64, len(rows) // (4 * workers)))
+        for row, (sample, problems) in zip(rows, pool.map(_validate, rows, chunksize=chunk), strict=True):
+            yield row, sample, problems
+
+
+# ---------------------------------------------------------------------------------------- conversion
+def _write_report(out_dir: Path, report: ConversionReport) -> None:
+    tmp = out_dir / f".{REPORT}.writing-{os.getpid()}"
+    tmp.write_text(json.dumps(asdict(report), indent=2))
+    os.replace(tmp, out_dir / REPORT)
 
 
 def convert_to_shards(
-    source: str | Path,
-    out_dir: str | Path,
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
     *,
     shard_size: int = 1000,
+    workers: int = 1,
     prefix: str = "data",
     processors: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> ConversionReport:
-    """Convert a folder or a CSV/JSONL manifest into validated shards plus ``report.json``."""
+    """Convert a folder or a CSV/JSONL manifest into validated shards, a manifest and a report.
+
+    Args:
+        source: a folder, or a ``.csv`` / ``.jsonl`` manifest (layouts in the module docstring).
+        out_dir: destination of ``{prefix}-XXXXXX.tar``, ``manifest.json`` and ``report.json``.
+        shard_size: samples per shard.
+        workers: processes decoding files to validate them (output identical for any number).
+        prefix: shard name prefix.
+        processors: ``{modality: object with sample_keys and load}`` to validate with; default
+            :func:`load_processors` (the anchor and every registered plugin).
+        overwrite: replace shards already in ``out_dir`` (they are removed only once the new ones
+            are complete); without it, a folder that already has shards is refused.
+        progress: show a tqdm bar.
+
+    Returns:
+        The :class:`ConversionReport` (also in ``out_dir/report.json``).
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        FileExistsError: ``out_dir`` already holds shards and ``overwrite`` is False.
+        InputError: the manifest itself cannot be read.
+    """
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such folder or manifest")
-    processors = processors if processors is not None else load_processors()
-    report = ConversionReport()
-    rows = (_folder_rows(source, processors, report) if source.is_dir() else _manifest_rows(source, processors))
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts: Counter[str] = Counter()
-    shards_meta, bucket = [], []
+    existing = sorted(out_dir.glob(f"{prefix}-*.tar"))
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds {len(existing)} {prefix}-*.tar shards; "
+                              "pass overwrite=True (--overwrite) to replace them")
+    if processors is not None:
+        keys = _keys_of(processors)
+    else:
+        from bind.analysis.inputs import member_readers
 
-    def flush() -> None:
-        path = out_dir / shard_name(prefix, len(shards_meta))
-        shards_meta.append(write_shard(path, bucket))
-        report.shards.append(path.name)
-        bucket.clear()
+        # sample keys from the classes: nothing is built in this process
+        keys = {m: tuple(k.lower() for k in ks) for m, ks in member_readers().items()}
+    report = ConversionReport(out_dir=str(out_dir))
+    if source.is_dir():
+        rows = _folder_rows(source, keys, out_dir.resolve() if out_dir.resolve() != source.resolve() else None, report)
+    else:
+        rows = _manifest_rows(source, keys, report)
+    names = sorted({m for row in rows for m in row.members})  # only build the processors needed
 
-    for row in tqdm(list(rows), desc="shards", unit="sample", disable=not progress):
-        sample = _validated(row, processors, report)
-        if sample is None:
-            continue
-        counts.update(m for m in processors if m in row and row[m][1] in sample)
-        bucket.append(sample)
-        report.samples_written += 1
-        if len(bucket) == shard_size:
-            flush()
-    if bucket:
-        flush()
-    report.modalities = dict(counts)
-    if shards_meta:
-        write_manifest(out_dir, shards_meta, created_by="anchorbind shards", source=str(source))
-    tmp = out_dir / ".report.json.writing"
-    tmp.write_text(json.dumps(asdict(report), indent=2))
-    os.replace(tmp, out_dir / "report.json")
+    staging = out_dir / f".converting-{os.getpid()}"
+    staging.mkdir()
+    counts: dict[str, int] = {}
+    try:
+        with ShardSink(staging, prefix, shard_size) as sink:
+            bar = tqdm(total=len(rows), desc="shards", unit="sample", disable=not progress)
+            for row, sample, problems in _validated(rows, processors, names, workers):
+                bar.update(1)
+                for problem in problems:
+                    report.skip(problem["source"], problem["key"], problem["modality"], problem["reason"])
+                present = [m for m, (_, member, _) in row.members.items() if member in sample]
+                if not present:
+                    reason = ("no valid file" if row.members else "no file of a known modality")
+                    report.skip(row.key, row.key, None, reason, sample=True)
+                    continue
+                sink.write(sample)
+                report.samples_written += 1
+                for modality in present:
+                    counts[modality] = counts.get(modality, 0) + 1
+            bar.close()
+        entries = [finish_entry(e) for e in sink.entries]
+        for old in existing:
+            old.unlink()
+        for entry in entries:
+            os.replace(staging / entry["name"], out_dir / entry["name"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.modalities = dict(sorted(counts.items()))
+    report.shards = [e["name"] for e in entries]
+    if entries:
+        write_manifest(out_dir, entries, created_by="anchorbind shards", source=str(source))
+    else:
+        (out_dir / "manifest.json").unlink(missing_ok=True)
+    _write_report(out_dir, report)
     return report
+

@@ -1,17 +1,28 @@
 """Atomic, parallel WebDataset shard writing with a manifest of counts.
 
-Shards are named ``{prefix}-{index:06d}.tar`` and written to a hidden temporary name that is
-renamed into place when complete. The manifest (``manifest.json``) lists every shard with its
-sample count and per-key counts; it is written last, atomically, so its presence means the
-whole split is complete.
+Shards are named ``{prefix}-{index:06d}.tar``. Each is written by ``webdataset.TarWriter`` to a
+hidden temporary name and renamed into place (``os.replace``) when complete, so a shard with its
+final name is always whole. Members get a fixed mtime, so the same samples give byte-identical
+shards. The manifest (``manifest.json``) is written last, atomically, so its presence means the
+split is complete::
+
+    {"shards": [{"name", "samples", "keys": {member: count}, "modalities": {modality: count}}],
+     "total": int, "keys": {...}, "modalities": {...}, "plan": {...}, "created_by": str, ...}
+
+``modalities`` counts samples per registered modality (the anchor's ``image`` and every plugin),
+from each one's ``sample_keys``. ``plan`` records what the split was generated from (prefix,
+total, shard size, seed, generator config): an interrupted run resumes (finished shards are kept)
+only with the same plan, and a different plan for a non-empty folder is refused instead of mixing
+two datasets.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,91 +31,274 @@ import webdataset as wds
 
 from bind.data.shardlist import iter_shard
 
-__all__ = ["shard_name", "write_manifest", "write_shard", "write_shards_parallel"]
+__all__ = [
+    "PlanMismatchError",
+    "ShardSink",
+    "count_modalities",
+    "finish_entry",
+    "shard_name",
+    "write_manifest",
+    "write_shard",
+    "write_shards_parallel",
+]
+
+MANIFEST = "manifest.json"
+PLAN = ".plan.json"
+
+
+class PlanMismatchError(FileExistsError):
+    """The output folder holds shards generated from different settings."""
 
 
 def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
 
-def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Write ``samples`` to ``path`` atomically; returns ``{name, samples, keys}`` counts."""
-    tmp = path.with_name(f".{path.name}.writing")
-    counts: Counter[str] = Counter()
+def write_shard(path: str | os.PathLike[str], samples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Write ``samples`` (webdataset dicts: ``__key__`` + members) to ``path`` atomically.
+
+    Returns:
+        ``{"name", "samples", "keys": {member: count}, "layouts": {"k1,k2,...": count}}``; the
+        layouts (sets of members per sample) let the caller count modalities without importing
+        the plugins in worker processes.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.writing-{os.getpid()}")
+    keys: Counter[str] = Counter()
+    layouts: Counter[str] = Counter()
     total = 0
-    with wds.TarWriter(str(tmp)) as writer:
-        for sample in samples:
-            writer.write(sample)
-            counts.update(k for k in sample if not k.startswith("__"))
-            total += 1
-    os.replace(tmp, path)
-    return {"name": path.name, "samples": total, "keys": dict(sorted(counts.items()))}
+    try:
+        with wds.TarWriter(str(tmp), mtime=0) as writer:
+            for sample in samples:
+                writer.write(dict(sample))
+                members = sorted(k for k in sample if not k.startswith("__"))
+                keys.update(members)
+                layouts[",".join(members)] += 1
+                total += 1
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"name": path.name, "samples": total, "keys": dict(sorted(keys.items())), "layouts": dict(layouts)}
 
 
-def write_manifest(out_dir: Path, shards: Sequence[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """Write ``out_dir/manifest.json`` atomically and return it."""
+class ShardSink:
+    """Streams samples into consecutive shards of ``shard_size``, each written atomically.
+
+    Used where samples arrive one by one (conversion): nothing is held in memory beyond the open
+    tar, and each shard gets its final name only when complete. :meth:`close` finishes the last,
+    partial shard; :attr:`entries` lists what was written (as :func:`write_shard` returns it).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], prefix: str, shard_size: int) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.out_dir, self.prefix, self.shard_size = Path(out_dir), prefix, shard_size
+        self.entries: list[dict[str, Any]] = []
+        self._writer: wds.TarWriter | None = None
+        self._tmp: Path | None = None
+        self._entry: dict[str, Any] = {}
+
+    def write(self, sample: Mapping[str, Any]) -> None:
+        if self._writer is None:
+            name = shard_name(self.prefix, len(self.entries))
+            self._tmp = self.out_dir / f".{name}.writing-{os.getpid()}"
+            self._writer = wds.TarWriter(str(self._tmp), mtime=0)
+            self._entry = {"name": name, "samples": 0, "keys": Counter(), "layouts": Counter()}
+        self._writer.write(dict(sample))
+        members = sorted(k for k in sample if not k.startswith("__"))
+        self._entry["keys"].update(members)
+        self._entry["layouts"][",".join(members)] += 1
+        self._entry["samples"] += 1
+        if self._entry["samples"] == self.shard_size:
+            self._finish()
+
+    def _finish(self) -> None:
+        assert self._writer is not None and self._tmp is not None
+        self._writer.close()
+        os.replace(self._tmp, self.out_dir / self._entry["name"])
+        entry = self._entry
+        self.entries.append({"name": entry["name"], "samples": entry["samples"],
+                             "keys": dict(sorted(entry["keys"].items())), "layouts": dict(entry["layouts"])})
+        self._writer, self._tmp = None, None
+
+    def close(self) -> list[dict[str, Any]]:
+        if self._writer is not None:
+            self._finish()
+        return self.entries
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temporary file); finished shards stay."""
+        if self._writer is not None and self._tmp is not None:
+            self._writer.close()
+            self._tmp.unlink(missing_ok=True)
+        self._writer, self._tmp = None, None
+
+    def __enter__(self) -> ShardSink:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def count_modalities(layouts: Mapping[str, int]) -> dict[str, int]:
+    """Samples per registered modality from ``{"member,member,...": samples}``."""
+    from bind.analysis.inputs import member_readers
+
+    readers = member_readers()
+    counts: Counter[str] = Counter()
+    for layout, n in layouts.items():
+        members = set(layout.split(",")) if layout else set()
+        for modality, keys in readers.items():
+            if members & set(keys):
+                counts[modality] += n
+    return dict(sorted(counts.items()))
+
+
+def finish_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A manifest entry from a :func:`write_shard` result: member layouts -> modality counts."""
+    layouts = entry.pop("layouts")
+    entry["modalities"] = count_modalities(layouts)
+    return entry
+
+
+def write_manifest(
+    out_dir: str | os.PathLike[str], shards: Sequence[Mapping[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """Write ``out_dir/manifest.json`` atomically and return it.
+
+    Args:
+        shards: ``{"name", "samples", "keys", "modalities"}`` per shard, in order.
+        **extra: more top-level fields (``created_by``, ``plan``, ``source``...).
+    """
+    out_dir = Path(out_dir)
     manifest = {
-        "shards": list(shards),
+        "shards": [dict(s) for s in shards],
         "total": sum(s["samples"] for s in shards),
-        "keys": dict(sum((Counter(s["keys"]) for s in shards), Counter())),
+        "keys": dict(sorted(sum((Counter(s["keys"]) for s in shards), Counter()).items())),
+        "modalities": dict(sorted(sum((Counter(s["modalities"]) for s in shards), Counter()).items())),
         **extra,
     }
-    tmp = out_dir / ".manifest.json.writing"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out_dir / "manifest.json")
+    _write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
 
 
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.writing-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _existing_plan(out_dir: Path) -> dict[str, Any] | None:
+    for name in (MANIFEST, PLAN):
+        try:
+            record = json.loads((out_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        return record.get("plan", {}) if name == MANIFEST else record
+    return None
+
+
+def _check_plan(out_dir: Path, prefix: str, plan: dict[str, Any]) -> None:
+    existing = _existing_plan(out_dir)
+    if existing is None:
+        if any(out_dir.glob(f"{prefix}-*.tar")):
+            raise PlanMismatchError(
+                f"{out_dir} already holds {prefix}-*.tar shards with no record of how they were made; "
+                "write to an empty folder (or delete these shards)"
+            )
+        return
+    plain = json.loads(json.dumps(plan, default=str))
+    differences = {k: (existing.get(k), v) for k, v in plain.items() if existing.get(k) != v}
+    if differences:
+        detail = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in sorted(differences.items()))
+        raise PlanMismatchError(
+            f"{out_dir} holds shards generated with other settings ({detail}); "
+            "write to another folder or delete it, so two datasets are never mixed"
+        )
+
+
 def write_shards_parallel(
-    out_dir: Path,
+    out_dir: str | os.PathLike[str],
     prefix: str,
     total: int,
     shard_size: int,
-    make_samples: Callable[[int, int], Iterable[dict[str, Any]]],
+    make_samples: Callable[[int, int], Iterable[Mapping[str, Any]]],
     *,
     workers: int = 1,
+    plan: Mapping[str, Any] | None = None,
     **manifest_extra: Any,
 ) -> dict[str, Any]:
-    """Write ``ceil(total / shard_size)`` shards, one task per shard, in ``workers`` processes.
+    """Write samples ``0..total-1`` as ``ceil(total / shard_size)`` shards in ``workers`` processes.
 
-    ``make_samples(start, stop)`` yields the samples of indices ``[start, stop)``; it must be a
-    picklable module-level callable (or a ``functools.partial`` of one). Shards already complete
-    (present with their final name) are kept, so an interrupted run resumes.
+    The index range is cut into shard-sized chunks; each chunk is one task (one shard) for a
+    process pool (``spawn``: safe next to torch and threads). ``make_samples(start, stop)``
+    returns the samples of indices ``[start, stop)``: it must be picklable (a module-level
+    function, or a ``functools.partial`` of one) and deterministic, so that a resumed run equals
+    an uninterrupted one.
+
+    Args:
+        out_dir: the split's folder (created).
+        prefix: shard name prefix.
+        total: number of samples.
+        shard_size: samples per shard (the last shard may be smaller).
+        make_samples: the sample generator.
+        workers: processes (``<= 1``: in this process).
+        plan: what the samples depend on (seed, generator config...); recorded in the manifest
+            and compared on resume.
+        **manifest_extra: more manifest fields (e.g. ``created_by``).
+
+    Returns:
+        The manifest.
+
+    Raises:
+        PlanMismatchError: ``out_dir`` holds shards made with another plan.
     """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    full_plan = {"prefix": prefix, "total": total, "shard_size": shard_size, **dict(plan or {})}
+    _check_plan(out_dir, prefix, full_plan)
+    _write_json_atomic(out_dir / PLAN, json.loads(json.dumps(full_plan, default=str)))
     ranges = [(i, start, min(start + shard_size, total)) for i, start in enumerate(range(0, total, shard_size))]
     results: dict[int, dict[str, Any]] = {}
     todo = []
     for index, start, stop in ranges:
         path = out_dir / shard_name(prefix, index)
-        if path.exists():
-            results[index] = {"name": path.name, "samples": stop - start, "keys": None}
+        if path.exists():  # complete: only whole shards ever get their final name
+            results[index] = _count_shard(path)
         else:
             todo.append((index, start, stop))
     if workers <= 1 or len(todo) <= 1:
         for index, start, stop in todo:
             results[index] = write_shard(out_dir / shard_name(prefix, index), make_samples(start, stop))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
             futures = {index: pool.submit(_write_range, out_dir / shard_name(prefix, index), make_samples, start, stop)
                        for index, start, stop in todo}
             for index, future in futures.items():
                 results[index] = future.result()
-    for result in results.values():
-        if result["keys"] is None:  # a resumed shard: count its members
-            result.update(_count_shard(out_dir / result["name"]))
-    return write_manifest(out_dir, [results[i] for i in sorted(results)], **manifest_extra)
+    entries = [finish_entry(results[i]) for i in sorted(results)]
+    return write_manifest(out_dir, entries, plan=full_plan, **manifest_extra)
 
 
-def _write_range(path: Path, make_samples: Callable[[int, int], Iterable[dict[str, Any]]], start: int,
+def _write_range(path: Path, make_samples: Callable[[int, int], Iterable[Mapping[str, Any]]], start: int,
                  stop: int) -> dict[str, Any]:
     return write_shard(path, make_samples(start, stop))
 
 
 def _count_shard(path: Path) -> dict[str, Any]:
-    counts: Counter[str] = Counter()
+    keys: Counter[str] = Counter()
+    layouts: Counter[str] = Counter()
     total = 0
     for sample in iter_shard(path):
-        counts.update(k for k in sample if not k.startswith("__"))
+        members = sorted(k for k in sample if not k.startswith("__"))
+        keys.update(members)
+        layouts[",".join(members)] += 1
         total += 1
-    return {"samples": total, "keys": dict(sorted(counts.items()))}
+    return {"name": path.name, "samples": total, "keys": dict(sorted(keys.items())), "layouts": dict(layouts)}
