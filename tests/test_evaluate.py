@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -73,13 +74,20 @@ def test_eval_and_report_cli(runs, world_dir):
         recalls = [block[f"instance/R@{k}"] for k in (1, 5, 10)]
         assert all(0 <= r <= 1 for r in recalls) and recalls == sorted(recalls)
     assert set(m["zero_shot"]) >= {"image", "audio", "depth", "classes"}
-    assert set(m["gap"]) == {"image-text", "image-audio", "image-depth"}
+    # anchor pairs (how far binding brought each plugin) and plugin pairs (what emergent retrieval bridges)
+    unordered = {frozenset(pair.split("-")) for pair in m["gap"]}
+    assert len(m["gap"]) == 6 and unordered == {frozenset(p) for p in itertools.combinations(
+        ["image", "text", "audio", "depth"], 2)}
+    assert {"text->image", "audio->image", "depth->image"} <= set(m["gap_shift"])
     assert 0 <= m["gap"]["image-audio"]["centroid_distance"] <= 2
-    assert {p["checkpoint"] for p in m["alignment_across_checkpoints"]["points"]} >= {"step-00000002", "final"}
+    # the last checkpoint holds the final step, so the final model is not embedded twice
+    assert {p["checkpoint"] for p in m["alignment_across_checkpoints"]["points"]} == {
+        "step-00000002", "step-00000004", "step-00000006"}
     probes = m["visiocentrism"]["probes"]["audio"]
     assert probes["beats"]["group"] == "non-visual" and probes["category"]["group"] == "shared"
     assert "text->audio" in m["visiocentrism"]["retrieval_by_attribute"]
     assert m["headline"]
+    _assert_documented(m)
 
     done = subprocess.run([sys.executable, "-m", "bind.cli", "report", str(runs["bind"])], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
@@ -89,6 +97,17 @@ def test_eval_and_report_cli(runs, world_dir):
     assert len(linked) >= 6 and all((runs["bind"] / p).is_file() for p in linked)
     for section in ("## Retrieval", "## Visiocentrism", "## Modality gap", "## Zero-shot"):
         assert section in report
+
+
+def _assert_documented(m: dict) -> None:
+    """docs/metrics.md names every top-level key and every statistic of the fixed-shape blocks."""
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    blocks = [m, next(iter(m["retrieval"].values())), next(iter(m["gap"].values())),
+              next(iter(m["emergent_vs_direct"].values())), m["visiocentrism"],
+              next(iter(m["visiocentrism"]["probes"]["audio"].values())), m["visiocentrism"]["summary"]["audio"],
+              m["alignment_across_checkpoints"]["points"][0], m["groupwise"]["stacked"]]
+    missing = {key for block in blocks for key in block if key.split("/")[0] not in doc}
+    assert not missing, f"keys of metrics.json missing from docs/metrics.md: {sorted(missing)}"
 
 
 def test_eval_refuses_a_directory_without_a_model(tmp_path, world_dir):
