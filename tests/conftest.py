@@ -28,6 +28,16 @@ def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def subprocess_env(*extra_paths: str | Path, **variables: str) -> dict[str, str]:
+    """The environment for a child interpreter: this checkout first on ``PYTHONPATH``.
+
+    Children must import the code under test, not whatever copy of ``anchorbind`` happens to be
+    installed (an editable install of another checkout, an older wheel).
+    """
+    paths = [*(str(p) for p in extra_paths), str(REPO), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, **variables, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
 def free_port() -> int:
     """A TCP port free on localhost, for accelerate's rendezvous in multi-process tests."""
     with socket.socket() as sock:

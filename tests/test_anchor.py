@@ -27,6 +27,7 @@ from bind.weights import (
     packaged_efficientnet_lite0,
     remap_by_order,
 )
+from tests.conftest import subprocess_env
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
@@ -372,7 +373,7 @@ def test_timm_weights_offline_fail_with_a_clear_message(tmp_path):
             print("CONFIG_ERROR:", err)
         """
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path)}
+    env = subprocess_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path))
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from bind.data.cache import (
 )
 from bind.data.loader import AnchorCacheMismatch, build_loader
 from bind.data.shardlist import iter_shard
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, subprocess_env
 from tests.data_utils import processors
 
 ANCHOR = {"weights": "packaged", "image_size": 64}
@@ -136,7 +135,7 @@ def test_cli_reads_the_anchor_from_a_training_config(shards, tmp_path, anchor, c
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_cache_disjoint_shards(shards, anchor):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     config = shards.parent / "cfg.yaml"
     config.write_text(json.dumps({"model": {"anchor": ANCHOR}}))
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

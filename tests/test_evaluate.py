@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from bind.errors import ConfigError
 from bind.evaluate import evaluate_run
 from bind.train import train
 from bind.train_config import load_train_config
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_env
 from tests.train_utils import tiny_config, write_config
 
 
@@ -59,7 +58,7 @@ def runs(world_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_eval_and_report_cli(runs, world_dir):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "bind.cli", "eval", str(runs["bind"]), "--shards", str(world_dir / "test"),
            "--baseline", str(runs["direct"]), "--num-workers", "1", "--checkpoint-samples", "32"]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from bind.errors import ConfigError
 from bind.gap_losses import align_true_pairs, centroid_uniformity
 from bind.loss import BindingLoss, distributed_rank_world, gather_with_grad, info_nce
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, subprocess_env
 
 
 def unit(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -262,7 +261,7 @@ def test_two_processes_equal_one_process_with_the_global_batch() -> None:
         str(free_port()),
         str(REPO / "tests" / "dist_loss_check.py"),
     ]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]

@@ -16,7 +16,7 @@ from skimage import data
 
 from bind.errors import ConfigError, UnknownModalityError
 from bind.model import BindModel
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_env
 
 TINY = {
     "text": {"tuning": "lora", "lora_r": 2},
@@ -91,6 +91,7 @@ def test_from_pretrained_refuses_non_models(tmp_path):
 def test_readme_quickstart_runs_as_written(tmp_path):
     readme = (REPO / "README.md").read_text()
     block = re.search(r"## Python quickstart\n\n```python\n(.*?)```", readme, re.S).group(1)
-    done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(1, 1280)" in done.stdout and (tmp_path / "my-model" / "model.safetensors").is_file()

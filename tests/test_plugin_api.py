@@ -9,7 +9,6 @@ distribution. The ``check_*`` functions run inside those interpreters.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_env
 
 EXAMPLE = REPO / "examples" / "anchorbind-imu"
 EMBED_DIM = 40
@@ -48,7 +47,7 @@ def imu_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_with_plugin(site: Path, check: str, *args: str, cwd: Path | None = None) -> str:
     """Run ``tests.test_plugin_api.<check>(*args)`` in a fresh interpreter that sees ``site``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    env = subprocess_env(site)
     code = f"import sys\nfrom tests.test_plugin_api import {check}\n{check}(*sys.argv[1:])"
     done = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=cwd or site.parent,
                           capture_output=True, text=True, timeout=300)
@@ -182,7 +181,7 @@ def test_gradients_flow_through_the_installed_plugin(imu_site, tmp_path):
 
 
 def test_installed_plugin_passes_the_contract_suite(imu_site):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(imu_site), str(REPO)])}
+    env = subprocess_env(imu_site)
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "imu",
          str(REPO / "tests" / "test_plugin_contract.py")],
@@ -216,7 +215,7 @@ def test_anchorbind_train_trains_the_installed_plugin(imu_site, tmp_path):
         "data": {"train_shards": str(shards), "batch_size": 8, "num_workers": 0, "anchor": "live"},
     }
     (tmp_path / "imu.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(imu_site), str(REPO)])}
+    env = subprocess_env(imu_site)
     done = subprocess.run([sys.executable, "-m", "bind.train", "--config", str(tmp_path / "imu.yaml")],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

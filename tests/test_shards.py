@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -19,14 +18,14 @@ from pipelines.shards.convert import classify_file, convert_to_shards
 from pipelines.shards.world import write_world_shards
 from pipelines.shards.writer import PlanMismatchError
 from pipelines.world import WorldConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_env
 from tests.data_utils import processors
 
 TINY_WORLD = WorldConfig(image_size=32, supersample=1)
 
 
 def run_cli(*args: str):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     return subprocess.run([sys.executable, "-m", "bind.cli", *args], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=600)
 

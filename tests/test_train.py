@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from safetensors.torch import load_file
 from bind.errors import ConfigError
 from bind.train import NonFiniteLossError, train
 from bind.train_config import load_train_config
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, subprocess_env
 from tests.train_utils import tiny_config, write_config
 
 
@@ -87,7 +86,7 @@ def _train_cmd(config: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess_env(OMP_NUM_THREADS="1")
 
 
 @pytest.mark.slow
