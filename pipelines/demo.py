@@ -36,7 +36,7 @@ class DemoConfig:
     train_scenes: int = 2500
     test_scenes: int = 1000
     seed: int = 0
-    steps: int = 250
+    steps: int = 150
     workers: int = 2
     mitigation_weight: float = 0.5
     checkpoint_samples: int = 200

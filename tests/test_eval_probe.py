@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -48,6 +49,21 @@ def test_cross_validation_matches_direct_sklearn_cv():
     assert result["accuracy"] == pytest.approx(expected.mean(), abs=1e-12)
     assert result["accuracy_std"] == pytest.approx(expected.std(), abs=1e-12)
     assert result["num_folds"] == 4
+
+
+def test_pca_components_match_the_sklearn_pipeline():
+    features, labels = dataset(4)
+    result = linear_probe(features, labels, cv_folds=3, seed=1, components=5)
+    expected = cross_val_score(
+        make_pipeline(PCA(n_components=5, random_state=1), StandardScaler(),
+                      LogisticRegression(max_iter=1000, random_state=1)),
+        features, labels, cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=1))
+    assert result["accuracy"] == pytest.approx(expected.mean(), abs=1e-12)
+    # more components than features (or training rows) means no PCA at all
+    assert linear_probe(features, labels, cv_folds=3, seed=1, components=10_000) == linear_probe(
+        features, labels, cv_folds=3, seed=1)
+    with pytest.raises(ValueError, match="components"):
+        linear_probe(features, labels, cv_folds=3, components=0)
 
 
 def test_string_labels_and_separable_data():

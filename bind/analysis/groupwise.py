@@ -16,10 +16,14 @@ from bind.analysis.schema import attribute_labels
 from bind.eval import groupwise_metrics, linear_probe
 from bind.extract import EmbeddingSet
 
-__all__ = ["groupwise_section", "probe_folds"]
+__all__ = ["PROBE_COMPONENTS", "groupwise_section", "probe_folds"]
 
 MIN_ROWS = 12
 MAX_FOLDS = 5
+PROBE_COMPONENTS = 256
+"""Probes read at most this many principal components (see :mod:`bind.eval.probe`): a plugin's
+bound embedding spans at most its trunk width + 1 dimensions, and 256 keeps the solver fast on
+the anchor's 1280 while covering every plugin trunk shipped here."""
 
 
 def probe_folds(labels: np.ndarray, max_folds: int = MAX_FOLDS) -> tuple[int, np.ndarray]:
@@ -64,7 +68,8 @@ def groupwise_section(emb: EmbeddingSet, *, label_attribute: str = "category", k
         folds, keep = probe_folds(values)
         if folds == 0:
             continue
-        result = linear_probe(embeddings[name][keep].numpy(), values[keep], cv_folds=folds)
+        result = linear_probe(embeddings[name][keep].numpy(), values[keep], cv_folds=folds,
+                              components=PROBE_COMPONENTS)
         _, counts = np.unique(values[keep], return_counts=True)
         probes[name] = {**result, "chance": float(counts.max() / counts.sum()),
                         "left_out_rare_samples": int((~keep).sum())}

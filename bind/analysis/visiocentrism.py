@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bind.analysis.groupwise import probe_folds
+from bind.analysis.groupwise import PROBE_COMPONENTS, probe_folds
 from bind.analysis.pairs import ordered_pairs
 from bind.analysis.retrieval import chance_recall, shared_rows
 from bind.analysis.schema import GROUP_ORDER, attribute_groups, attribute_labels, carried_mask
@@ -116,7 +116,7 @@ def attribute_probes(
         }
         k = min(knn_k, len(attr_rows) - 1)
         for name, x in (("native", features[attr_rows]), ("bound", embeddings[attr_rows])):
-            probe = linear_probe(x.numpy(), labels, cv_folds=folds, seed=seed)
+            probe = linear_probe(x.numpy(), labels, cv_folds=folds, seed=seed, components=PROBE_COMPONENTS)
             result[name], result[f"{name}_std"] = probe["accuracy"], probe["accuracy_std"]
             result[f"knn_{name}"] = knn_accuracy(x.numpy(), labels, k=k)["accuracy"]
         result["relative_loss"] = relative_probe_loss(result["native"], result["bound"], result["chance"])
