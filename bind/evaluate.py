@@ -80,6 +80,11 @@ def _decode_errors(emb: EmbeddingSet) -> dict[str, Any]:
             "examples": emb.errors[:MAX_ERROR_EXAMPLES]}
 
 
+def _stage(name: str) -> None:
+    """One progress line per analysis section: some take a minute on a CPU (cross-validated probes)."""
+    print(f"eval: {name}", file=sys.stderr, flush=True)
+
+
 def _mitigation(model: BindModel) -> dict[str, float]:
     return {name: float(plugin.config.native_loss_weight) for name, plugin in model.plugins.items()}
 
@@ -179,6 +184,7 @@ def evaluate_run(
         "native_loss_weights": weights,
         "uses_mitigation": any(w > 0 for w in weights.values()),
     }
+    _stage("retrieval")
     metrics["retrieval"] = pair_retrieval(emb, loss_cfg, label_attribute=label_attribute, device=device, notes=notes)
     metrics["baselines"], metrics["emergent_vs_direct"] = {}, {}
     for base in baselines:
@@ -193,20 +199,24 @@ def evaluate_run(
                                                "decode_errors": _decode_errors(base_emb)}
         for pair, block in compare_with_direct(metrics["retrieval"], base_retrieval, str(base_dir)).items():
             metrics["emergent_vs_direct"].setdefault(pair, block)
+    _stage("zero-shot, arithmetic, group-wise structure")
     metrics["zero_shot"] = zero_shot_section(model, emb, label_attribute=label_attribute, notes=notes)
     metrics["arithmetic"] = arithmetic_section(emb, label_attribute=label_attribute, notes=notes)
     metrics["groupwise"] = groupwise_section(emb, label_attribute=label_attribute, notes=notes)
+    _stage("modality gap and the shift experiment, alignment")
     metrics["gap"], metrics["gap_shift"] = gap_section(emb, label_attribute=label_attribute, device=device,
                                                        notes=notes)
     metrics["alignment"] = alignment_section(emb, notes=notes)
     del model
     if checkpoint_samples > 0:
+        _stage(f"alignment across checkpoints ({checkpoint_samples} samples each)")
         metrics["alignment_across_checkpoints"] = checkpoint_alignment(
             run_dir, shards, max_samples=checkpoint_samples, batch_size=batch_size, num_workers=num_workers,
             device=device, label_attribute=label_attribute)
     else:
         metrics["alignment_across_checkpoints"] = {}
         notes.append("alignment_across_checkpoints: skipped (checkpoint_samples=0)")
+    _stage("visiocentrism probes")
     metrics["visiocentrism"] = visiocentrism_section(emb, loss_cfg, notes=notes)
     metrics["compare"] = {
         str(other): _compare_block(Path(other), shards, batch_size=batch_size, num_workers=num_workers,

@@ -23,11 +23,12 @@ import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+from tqdm.auto import tqdm
 
 from bind.data.shardlist import iter_shard
 
@@ -230,6 +231,7 @@ def write_shards_parallel(
     *,
     workers: int = 1,
     plan: Mapping[str, Any] | None = None,
+    progress: bool = True,
     **manifest_extra: Any,
 ) -> dict[str, Any]:
     """Write samples ``0..total-1`` as ``ceil(total / shard_size)`` shards in ``workers`` processes.
@@ -249,6 +251,7 @@ def write_shards_parallel(
         workers: processes (``<= 1``: in this process).
         plan: what the samples depend on (seed, generator config...); recorded in the manifest
             and compared on resume.
+        progress: show a progress bar over the shards still to write (on stderr).
         **manifest_extra: more manifest fields (e.g. ``created_by``).
 
     Returns:
@@ -273,16 +276,20 @@ def write_shards_parallel(
             results[index] = _count_shard(path)
         else:
             todo.append((index, start, stop))
+    bar = tqdm(total=len(todo), desc=f"{out_dir.name} shards", unit="shard", disable=not progress or not todo)
     if workers <= 1 or len(todo) <= 1:
         for index, start, stop in todo:
             results[index] = write_shard(out_dir / shard_name(prefix, index), make_samples(start, stop))
+            bar.update(1)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-            futures = {index: pool.submit(_write_range, out_dir / shard_name(prefix, index), make_samples, start, stop)
+            futures = {pool.submit(_write_range, out_dir / shard_name(prefix, index), make_samples, start, stop): index
                        for index, start, stop in todo}
-            for index, future in futures.items():
-                results[index] = future.result()
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update(1)
+    bar.close()
     entries = [finish_entry(results[i]) for i in sorted(results)]
     return write_manifest(out_dir, entries, plan=full_plan, **manifest_extra)
 
