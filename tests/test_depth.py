@@ -194,6 +194,7 @@ def test_config_is_checked():
         ({"normalization": "minmax"}, "normalization must be one of"),
         ({"image_size": 100, "patch_size": 16}, "not a multiple of patch_size"),
         ({"max_invalid_fraction": 1.5}, "max_invalid_fraction"),
+        ({"global_pool": "max"}, "global_pool must be one of"),
     ]:
         with pytest.raises(ConfigError, match=reason):
             DepthConfig(**bad)
@@ -201,6 +202,18 @@ def test_config_is_checked():
     assert isinstance(plugin, DepthPlugin) and plugin.config.image_size == 48
     assert plugin.logit_scale().item() == pytest.approx(5.0)
     assert not plugin.logit_scale.learnable
+
+
+def test_pooling_is_configurable():
+    """``avg`` (default) reads every patch token; ``token`` reads the class token only."""
+    maps = torch.randn(2, 1, 32, 32)
+    for pool in ("avg", "token"):
+        trunk = depth_plugin(global_pool=pool).trunk.eval()
+        assert trunk.global_pool == pool
+        tokens = trunk.forward_features(maps)
+        expected = tokens[:, 1:].mean(1) if pool == "avg" else tokens[:, 0]
+        torch.testing.assert_close(trunk(maps), trunk.fc_norm(expected))
+    assert DepthConfig().global_pool == "avg"
 
 
 def test_wrong_batch_layout_is_refused():

@@ -57,7 +57,8 @@ class DepthPlugin(ModalityPlugin):
     to ``image_size`` -> per-image or fixed standardisation. See :class:`DepthConfig` for why.
 
     Batch: ``(B, 1, image_size, image_size)`` float32. Trunk: a timm ``VisionTransformer`` with
-    ``in_chans=1`` pooled at its class token; fixed logit scale 5 (ImageBind's depth setting).
+    ``in_chans=1``, mean-pooled over patch tokens by default (``global_pool``); fixed logit
+    scale 5 by default (ImageBind's depth setting).
     """
 
     name: ClassVar[str] = "depth"
@@ -71,14 +72,14 @@ class DepthPlugin(ModalityPlugin):
 
     # ------------------------------------------------------------------ trunk
     def build_trunk(self) -> tuple[nn.Module, int]:
-        """A 1-channel timm ViT, headless (``num_classes=0``), pooled at the class token."""
+        """A 1-channel timm ViT, headless (``num_classes=0``), pooled as ``config.global_pool`` says."""
         cfg = self.config
         trunk = VisionTransformer(
             img_size=cfg.image_size,
             patch_size=cfg.patch_size,
             in_chans=1,
             num_classes=0,
-            global_pool="token",
+            global_pool=cfg.global_pool,
             embed_dim=cfg.width,
             depth=cfg.depth,
             num_heads=cfg.num_heads,
