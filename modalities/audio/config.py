@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 from bind.errors import ConfigError
 from bind.plugin import PluginConfig
+from bind.trunks import VIT_POOLINGS
 from modalities.audio.features import FRAME_LENGTH_MS
 
-__all__ = ["POOLINGS", "AudioConfig"]
-
-POOLINGS = ("avg", "token")
+__all__ = ["AudioConfig"]
 
 
 @dataclass
@@ -98,8 +97,8 @@ class AudioConfig(PluginConfig):
             yield f"width {self.width} is not divisible by num_heads {self.num_heads}"
         if not 0.0 <= self.drop_path_rate < 1.0:
             yield f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}"
-        if self.global_pool not in POOLINGS:
-            yield f"global_pool must be one of {POOLINGS}, got {self.global_pool!r}"
+        if self.global_pool not in VIT_POOLINGS:
+            yield f"global_pool must be one of {VIT_POOLINGS}, got {self.global_pool!r}"
         for key in ("native_freq_mask", "native_time_mask", "native_max_shift", "native_gain_db"):
             if getattr(self, key) < 0:
                 yield f"{key} must not be negative, got {getattr(self, key)}"

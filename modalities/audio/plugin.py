@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from bind.heads import l2_normalize
 from bind.plugin import InputSource, ModalityPlugin
+from bind.trunks import one_channel_vit
 from modalities.audio.augment import SpectrogramAugment
 from modalities.audio.config import AudioConfig
 from modalities.audio.features import clip_bounds, random_clip_bounds, waveform_to_clips
@@ -68,19 +68,7 @@ class AudioPlugin(ModalityPlugin):
         self.input_size = (cfg.num_mel_bins, cfg.target_length)
         # 128 x 204 with 16-pixel patches -> 128 x 208 (8 x 13 patches); the padding is zeros.
         self.padded_size = tuple(math.ceil(n / cfg.patch_size) * cfg.patch_size for n in self.input_size)
-        trunk = VisionTransformer(
-            img_size=self.padded_size,
-            patch_size=cfg.patch_size,
-            in_chans=1,
-            num_classes=0,
-            embed_dim=cfg.width,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            drop_path_rate=cfg.drop_path_rate,
-            class_token=True,
-            global_pool=cfg.global_pool,
-        )
+        trunk = one_channel_vit(self.padded_size, cfg)
         return trunk, cfg.width
 
     # ------------------------------------------------------------------ data

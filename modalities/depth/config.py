@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from bind.errors import ConfigError
 from bind.plugin import PluginConfig
+from bind.trunks import VIT_POOLINGS
 
-__all__ = ["NORMALIZATIONS", "POOLINGS", "DepthConfig"]
+__all__ = ["NORMALIZATIONS", "DepthConfig"]
 
 NORMALIZATIONS = ("per_image", "fixed")
-POOLINGS = ("avg", "token")
 
 
 @dataclass
@@ -121,8 +121,8 @@ class DepthConfig(PluginConfig):
             yield f"train_crop_scale must satisfy 0 < low <= high <= 1, got {self.train_crop_scale}"
         if not 0.0 <= self.train_hflip_prob <= 1.0:
             yield f"train_hflip_prob must be in [0, 1], got {self.train_hflip_prob}"
-        if self.global_pool not in POOLINGS:
-            yield f"global_pool must be one of {POOLINGS}, got {self.global_pool!r}"
+        if self.global_pool not in VIT_POOLINGS:
+            yield f"global_pool must be one of {VIT_POOLINGS}, got {self.global_pool!r}"
         if min(self.image_size, self.patch_size, self.width, self.depth, self.num_heads) <= 0:
             yield "image_size, patch_size, width, depth and num_heads must be positive"
         elif self.image_size % self.patch_size:

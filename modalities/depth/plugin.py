@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from bind.errors import InputError
 from bind.plugin import InputSource, ModalityPlugin
+from bind.trunks import one_channel_vit
 from modalities.depth.config import DepthConfig
 from modalities.depth.reading import DepthReading, read_depth
 from modalities.depth.transforms import crop_box, normalize, resize_square, to_disparity
@@ -74,18 +74,7 @@ class DepthPlugin(ModalityPlugin):
     def build_trunk(self) -> tuple[nn.Module, int]:
         """A 1-channel timm ViT, headless (``num_classes=0``), pooled as ``config.global_pool`` says."""
         cfg = self.config
-        trunk = VisionTransformer(
-            img_size=cfg.image_size,
-            patch_size=cfg.patch_size,
-            in_chans=1,
-            num_classes=0,
-            global_pool=cfg.global_pool,
-            embed_dim=cfg.width,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            drop_path_rate=cfg.drop_path_rate,
-        )
+        trunk = one_channel_vit(cfg.image_size, cfg)
         return trunk, trunk.num_features
 
     # ------------------------------------------------------------------ inputs
