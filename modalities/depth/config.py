@@ -61,7 +61,8 @@ class DepthConfig(PluginConfig):
             the number of transformer blocks (the defaults are tiny, for CPU).
         global_pool: ``"avg"`` (mean of the patch tokens, the default) or ``"token"`` (the class
             token, as ImageBind). On the demo world the tiny trunk binds faster with ``"avg"``
-            (depth->image category R@1 after 150 steps: 0.24-0.25 against 0.16 with the token).
+            (depth->image category R@1 after 150 steps: 0.25 against 0.16 with the token;
+            ``bench/bench_depth_binding.py``).
 
     By default the logit scale is fixed at 5, as in ImageBind's depth encoder.
     """
