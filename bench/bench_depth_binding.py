@@ -51,10 +51,10 @@ def depth_only_config(out: Path, train_shards: Path, steps: int, depth: dict[str
 def category_r1(run_dir: Path, test_shards: Path) -> dict[str, float]:
     import numpy as np
 
-    from bind.analysis.retrieval import chance_recall
-    from bind.eval.retrieval import category_ranking, summarize_category
-    from bind.extract import extract_embeddings
-    from bind.model import BindModel
+    from anchorbind.evaluation.extract import extract_embeddings
+    from anchorbind.evaluation.retrieval import chance_recall
+    from anchorbind.metrics.retrieval import category_ranking, summarize_category
+    from anchorbind.model import BindModel
 
     emb = extract_embeddings(BindModel.from_pretrained(run_dir / "model"), str(test_shards), progress=False)
     both = emb.masks["depth"] & emb.masks["image"]
@@ -80,7 +80,7 @@ def main() -> None:
         for index, (name, (steps, depth)) in enumerate(VARIANTS.items()):
             out = work / f"variant{index}"
             config = depth_only_config(out, args.world / "train", steps, depth, args.seed)
-            subprocess.run([sys.executable, "-m", "bind.train", "--config", str(config)], check=True, env=env,
+            subprocess.run([sys.executable, "-m", "anchorbind.train", "--config", str(config)], check=True, env=env,
                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             results[name] = {"steps": steps, "depth": depth, **category_r1(out, args.world / "test")}
         print(json.dumps({"seed": args.seed, "variants": results}, indent=2))

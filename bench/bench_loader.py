@@ -51,11 +51,11 @@ def loader_rate(loader, batches: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    from bind.anchor import FrozenAnchor
-    from bind.data.cache import build_anchor_cache, shards_have_anchor_cache
-    from bind.data.loader import build_loader
-    from bind.data.shardlist import expand_shards, iter_shard
-    from bind.registry import create_plugin
+    from anchorbind.anchor import FrozenAnchor
+    from anchorbind.data.cache import build_anchor_cache, shards_have_anchor_cache
+    from anchorbind.data.loader import build_loader
+    from anchorbind.data.shardlist import expand_shards, iter_shard
+    from anchorbind.registry import create_plugin
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=Path, help="shards to read (default: generate a temporary world)")
@@ -71,7 +71,7 @@ def main() -> None:
     try:
         shards = args.shards
         if shards is None:
-            from pipelines.shards.world import write_world_shards
+            from anchorbind.pipelines.shards.world import write_world_shards
 
             shards = work / "world" / "train"
             write_world_shards(work / "world", train=args.make_world, test=0, seed=0, shard_size=128, workers=2)

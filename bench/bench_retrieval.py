@@ -40,7 +40,7 @@ def run_method(method: str, n: int, dim: int) -> dict:
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if method == "anchorbind":
-        from bind.eval import retrieval_metrics
+        from anchorbind.metrics import retrieval_metrics
 
         out = retrieval_metrics(queries, gallery, ks=(1, 5, 10))
         recalls = [out[f"instance/R@{k}"] for k in (1, 5, 10)]

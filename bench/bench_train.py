@@ -52,10 +52,10 @@ def steady_samples_per_s(run_dir: Path) -> float:
 def run_training(config: Path, processes: int = 1) -> float:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if processes == 1:
-        cmd = [sys.executable, "-m", "bind.train", "--config", str(config)]
+        cmd = [sys.executable, "-m", "anchorbind.train", "--config", str(config)]
     else:
         cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bind.train", "--config", str(config)]
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "anchorbind.train", "--config", str(config)]
     subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
     out = yaml.safe_load(config.read_text())["output_dir"]
     return steady_samples_per_s(Path(out))
@@ -74,9 +74,9 @@ def step_flops_and_time(shards: Path, batch_size: int) -> dict[str, float]:
     """FLOPs of one forward+backward of the demo model on a cached batch, and its wall time."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bind.data.loader import build_loader
-    from bind.loss import BindingLoss
-    from bind.model import BindModel
+    from anchorbind.data.loader import build_loader
+    from anchorbind.losses.binding import BindingLoss
+    from anchorbind.model import BindModel
 
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     model = BindModel.from_config(cfg["model"]).train()
@@ -111,14 +111,14 @@ def main() -> None:
     try:
         shards = args.shards
         if shards is None:
-            from pipelines.shards.world import write_world_shards
+            from anchorbind.pipelines.shards.world import write_world_shards
 
             write_world_shards(work / "world", train=args.make_world or 512, test=0, seed=0, shard_size=128,
                                workers=2)
             shards = work / "world" / "train"
         cached = work / "cached"
         shutil.copytree(shards, cached)
-        from bind.data.cache import build_anchor_cache
+        from anchorbind.data.cache import build_anchor_cache
 
         anchor_cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["model"]["anchor"]
         build_anchor_cache(sorted(str(p) for p in cached.glob("*.tar")), anchor_cfg, batch_size=64)

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import soundfile as sf
 
-from pipelines.world import WorldConfig, depth_png_bytes, generate, make_scene, render
-from pipelines.world.caption import caption
-from pipelines.world.generate import PNG_COMPRESS_LEVEL
-from pipelines.world.sound import synthesise
+from anchorbind.pipelines.world import WorldConfig, depth_png_bytes, generate, make_scene, render
+from anchorbind.pipelines.world.caption import caption
+from anchorbind.pipelines.world.generate import PNG_COMPRESS_LEVEL
+from anchorbind.pipelines.world.sound import synthesise
 
 
 def stage_times(samples: int, cfg: WorldConfig) -> dict[str, float]:

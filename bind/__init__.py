@@ -2,12 +2,12 @@
 
 Public API::
 
-    from bind import BindModel, create_plugin, list_modalities, register_modality
+    from anchorbind import BindModel, create_plugin, list_modalities, register_modality
 """
 
-from bind.errors import AnchorBindError, ConfigError, InputError, UnknownModalityError
-from bind.plugin import ModalityPlugin, PluginConfig
-from bind.registry import create_plugin, get_plugin_class, list_modalities, register_modality
+from anchorbind.errors import AnchorBindError, ConfigError, InputError, UnknownModalityError
+from anchorbind.plugin import ModalityPlugin, PluginConfig
+from anchorbind.registry import create_plugin, get_plugin_class, list_modalities, register_modality
 
 __all__ = [
     "AnchorBindError",
@@ -28,11 +28,11 @@ __all__ = [
 def __getattr__(name: str):
     # BindModel and FrozenAnchor pull in timm; import them on first use only.
     if name == "BindModel":
-        from bind.model import BindModel
+        from anchorbind.model import BindModel
 
         return BindModel
     if name == "FrozenAnchor":
-        from bind.anchor import FrozenAnchor
+        from anchorbind.anchor import FrozenAnchor
 
         return FrozenAnchor
     raise AttributeError(f"module 'bind' has no attribute {name!r}")

@@ -32,11 +32,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 
-from bind.config import config_to_dict, from_dict
-from bind.errors import ConfigError, InputError
-from bind.heads import l2_normalize
-from bind.plugin import read_bytes
-from bind.weights import (
+from anchorbind.config import config_to_dict, from_dict
+from anchorbind.errors import ConfigError, InputError
+from anchorbind.heads import l2_normalize
+from anchorbind.plugin import read_bytes
+from anchorbind.weights import (
     COUNTER_SUFFIX,
     PACKAGED_LITE0_MODELS,
     CheckpointError,

@@ -15,15 +15,15 @@ from collections.abc import Sequence
 __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "modalities": ("bind.commands:modalities_main", "list registered modality plugins and their configs"),
-    "embed": ("bind.commands:embed_main", "embed files of any modality with a saved model"),
-    "world": ("pipelines.world.cli:main", "generate the procedural multimodal world as WebDataset shards"),
-    "shards": ("pipelines.shards.cli:main", "convert a folder or CSV/JSONL manifest into WebDataset shards"),
-    "cache": ("bind.data.cache:main", "store the frozen anchor's embeddings with every sample"),
-    "train": ("bind.train:main", "train modality plugins against the anchor (works under accelerate launch)"),
-    "eval": ("bind.evaluate:main", "retrieval, emergent retrieval, zero-shot, gap, alignment, visiocentrism"),
-    "report": ("bind.report:main", "write report.md with figures from a run's metrics"),
-    "demo": ("pipelines.demo:main", "the whole pipeline offline on CPU: world, cache, train, eval, report"),
+    "modalities": ("anchorbind.commands:modalities_main", "list registered modality plugins and their configs"),
+    "embed": ("anchorbind.commands:embed_main", "embed files of any modality with a saved model"),
+    "world": ("anchorbind.pipelines.world.cli:main", "generate the procedural multimodal world as WebDataset shards"),
+    "shards": ("anchorbind.pipelines.shards.cli:main", "convert a folder or CSV/JSONL manifest into WebDataset shards"),
+    "cache": ("anchorbind.data.cache:main", "store the frozen anchor's embeddings with every sample"),
+    "train": ("anchorbind.train.loop:main", "train modality plugins against the anchor (works under accelerate launch)"),
+    "eval": ("anchorbind.evaluation.evaluate:main", "retrieval, emergent retrieval, zero-shot, gap, alignment, visiocentrism"),
+    "report": ("anchorbind.evaluation.report:main", "write report.md with figures from a run's metrics"),
+    "demo": ("anchorbind.pipelines.demo:main", "the whole pipeline offline on CPU: world, cache, train, eval, report"),
 }
 
 

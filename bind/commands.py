@@ -19,7 +19,7 @@ def modalities_main(argv: Sequence[str] | None = None) -> int:
 
     import dataclasses
 
-    from bind.registry import get_plugin_class, list_modalities
+    from anchorbind.registry import get_plugin_class, list_modalities
 
     rows = []
     for name in list_modalities():
@@ -52,7 +52,7 @@ def embed_main(argv: Sequence[str] | None = None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from bind.model import BindModel
+    from anchorbind.model import BindModel
 
     model = BindModel.from_pretrained(args.model_dir).eval()
     chunks = []

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 import dacite
 import yaml
 
-from bind.errors import ConfigError
+from anchorbind.errors import ConfigError
 
-__all__ = ["apply_overrides", "config_to_dict", "from_dict", "load_yaml"]
+__all__ = ["apply_overrides", "config_to_dict", "from_dict", "load_yaml", "packaged_config_names", "resolve_config"]
 
 T = TypeVar("T")
 
@@ -84,9 +84,52 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+PACKAGED_CONFIGS = "anchorbind.configs"
+"""The package whose YAML files ``--config NAME`` resolves to (``configs/`` in the checkout)."""
+
+
+def packaged_config_names() -> list[str]:
+    """Names of the training configs shipped in the package (``demo``, ``base``, …)."""
+    from importlib.resources import files
+
+    return sorted(p.name[:-5] for p in files(PACKAGED_CONFIGS).iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file from a path, or from the name of a packaged config.
+
+    An existing file wins, so a local ``demo.yaml`` is never shadowed; a bare name such as
+    ``demo`` (or ``demo.yaml``, or ``accelerate/multi_gpu``) that is not a file resolves to the
+    YAML shipped in :mod:`anchorbind.configs`, so the same command works from a checkout, an
+    installed wheel and any working directory.
+
+    Raises:
+        ConfigError: neither a file nor a packaged config; the message lists the packaged names.
+    """
+    from importlib.resources import as_file, files
+
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    if not name.endswith((".yaml", ".yml")):
+        name += ".yaml"
+    candidate = files(PACKAGED_CONFIGS).joinpath(*Path(name).parts)
+    if not path.is_absolute() and candidate.is_file():
+        with as_file(candidate) as real:  # a real file for installed packages; zip imports excepted
+            return Path(real)
+    raise ConfigError(
+        f"config {str(name_or_path)!r}: no such file, and not a packaged config "
+        f"(packaged: {', '.join(packaged_config_names())})"
+    )
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; an unreadable or non-mapping file is a :class:`ConfigError`."""
-    path = Path(path)
+    """Read a YAML mapping; an unreadable or non-mapping file is a :class:`ConfigError`.
+
+    ``path`` may name a packaged config (see :func:`resolve_config`).
+    """
+    path = resolve_config(path)
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:

@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bind.anchor import AnchorConfig, FrozenAnchor
-from bind.config import config_to_dict, from_dict
-from bind.errors import ConfigError, UnknownModalityError
-from bind.plugin import ModalityPlugin, move_to_device
-from bind.registry import ANCHOR_MODALITY, create_plugin, list_modalities
+from anchorbind.anchor import AnchorConfig, FrozenAnchor
+from anchorbind.config import config_to_dict, from_dict
+from anchorbind.errors import ConfigError, UnknownModalityError
+from anchorbind.plugin import ModalityPlugin, move_to_device
+from anchorbind.registry import ANCHOR_MODALITY, create_plugin, list_modalities
 
 __all__ = ["BindModel", "ModelConfig"]
 
@@ -130,7 +130,7 @@ class BindModel(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
-        """Embed every modality of a loader batch (see ``bind.data.loader``), for training.
+        """Embed every modality of a loader batch (see ``anchorbind.data.loader``), for training.
 
         Rows missing a modality (``batch["mask"][m]`` False) get zero vectors, so every embedding
         tensor has the batch's full length and rows stay aligned across modalities. The anchor's

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bind.config import config_to_dict, from_dict
-from bind.errors import InputError
-from bind.heads import LogitScale, ProjectionHead, l2_normalize
+from anchorbind.config import config_to_dict, from_dict
+from anchorbind.errors import InputError
+from anchorbind.heads import LogitScale, ProjectionHead, l2_normalize
 
 __all__ = ["InputSource", "ModalityPlugin", "PluginConfig", "move_to_device", "read_bytes"]
 
@@ -86,6 +86,32 @@ class ModalityPlugin(nn.Module, ABC):
     Config: ClassVar[type[PluginConfig]] = PluginConfig
     sample_keys: ClassVar[tuple[str, ...]] = ()
 
+    # What the core needs to know about a modality, declared here so that ``anchorbind`` never
+    # names one: evaluation, zero-shot and the report read these, never a modality name.
+    encodes_text: ClassVar[bool] = False
+    """True for a plugin whose inputs are natural-language strings. Such a plugin serves as the
+    caption / prompt modality of evaluation (zero-shot prompts, caption-stated attributes)."""
+    prompt_templates: ClassVar[tuple[str, ...]] = ("a {}.",)
+    """Zero-shot prompt templates (one ``{}`` for the class name) that name this modality, e.g.
+    ``("a {}.", "the sound of a {}.")``; the text plugin embeds them to classify this modality."""
+    perceives: ClassVar[tuple[str, ...]] = ()
+    """Observability groups (the values of a sample's ``observability`` JSON, e.g. ``"audio"``)
+    that this modality's inputs carry besides what is visible, for data without ``carried_by``."""
+
+    @classmethod
+    def example_inputs(cls) -> list[Any]:
+        """A few valid raw inputs for :meth:`load` (at least two, of different content).
+
+        Used by the plugin contract checks (``anchorbind check-plugin``) and the docs; override
+        it so that the checks can embed real inputs. The default has none.
+        """
+        return []
+
+    @classmethod
+    def example_bad_inputs(cls) -> list[Any]:
+        """Raw inputs that :meth:`load` must refuse with an :class:`~anchorbind.errors.InputError`."""
+        return [b"", object()]
+
     def __init__(self, config: PluginConfig | Mapping[str, Any] | None = None, *, embed_dim: int) -> None:
         super().__init__()
         if not isinstance(config, self.Config):
@@ -110,7 +136,7 @@ class ModalityPlugin(nn.Module, ABC):
         """Read and preprocess one raw input into a model-ready sample.
 
         ``train`` enables stochastic preprocessing (random crops, random clips). Invalid input
-        raises :class:`~bind.errors.InputError` naming the input and the reason.
+        raises :class:`~anchorbind.errors.InputError` naming the input and the reason.
         """
 
     @abstractmethod

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from bind.errors import UnknownModalityError
-from bind.plugin import ModalityPlugin, PluginConfig
+from anchorbind.errors import UnknownModalityError
+from anchorbind.plugin import ModalityPlugin, PluginConfig
 
 __all__ = [
     "ANCHOR_MODALITY",
@@ -126,7 +126,7 @@ def create_plugin(
     """
     cls = get_plugin_class(name)
     if isinstance(config, PluginConfig):
-        from bind.config import config_to_dict
+        from anchorbind.config import config_to_dict
 
         config = config_to_dict(config)
     merged = dict(config or {})

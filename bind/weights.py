@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from bind.errors import ConfigError
+from anchorbind.errors import ConfigError
 
 __all__ = [
     "PACKAGED_LITE0_MODELS",

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bind.config import load_yaml
+from anchorbind.config import load_yaml
 
 __all__ = ["DemoConfig", "main", "run_demo"]
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = "demo"
+"""The packaged ``anchorbind/configs/demo.yaml``."""
 
 
 @dataclass
@@ -47,8 +48,8 @@ def _log(message: str) -> None:
 
 
 def _train_run(name: str, cfg: DemoConfig, overrides: list[str]) -> Path:
-    from bind.train import train
-    from bind.train_config import load_train_config
+    from anchorbind.train.config import load_train_config
+    from anchorbind.train.loop import train
 
     run_dir = cfg.out / name
     if (run_dir / "train_summary.json").is_file():
@@ -69,10 +70,10 @@ def _train_run(name: str, cfg: DemoConfig, overrides: list[str]) -> Path:
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage; returns the headline numbers."""
-    from bind.data.cache import build_anchor_cache
-    from bind.evaluate import evaluate_run
-    from bind.report import write_report
-    from pipelines.shards.world import write_world_shards
+    from anchorbind.data.cache import build_anchor_cache
+    from anchorbind.evaluation.evaluate import evaluate_run
+    from anchorbind.evaluation.report import write_report
+    from anchorbind.pipelines.shards.world import write_world_shards
 
     started = time.perf_counter()
     world = cfg.out / "world"

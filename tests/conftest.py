@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``train/`` (48 scenes) and ``test/`` (32 scenes) shards of 16 samples, seed 0."""
-    from pipelines.shards.world import write_world_shards
+    from anchorbind.pipelines.shards.world import write_world_shards
 
     out = tmp_path_factory.mktemp("world")
     write_world_shards(out, train=48, test=32, seed=0, shard_size=16, workers=1)
@@ -29,13 +29,30 @@ def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def subprocess_env(*extra_paths: str | Path, **variables: str) -> dict[str, str]:
-    """The environment for a child interpreter: this checkout first on ``PYTHONPATH``.
+    """The environment for a child interpreter: the installed ``anchorbind``, plus ``extra_paths``.
 
-    Children must import the code under test, not whatever copy of ``anchorbind`` happens to be
-    installed (an editable install of another checkout, an older wheel).
+    Children import the package the way a user's interpreter does, through the install (the
+    ``package-dir`` mapping makes the checkout itself unimportable as ``anchorbind``);
+    :func:`pytest_sessionstart` checks that the installed package is this checkout.
     """
-    paths = [*(str(p) for p in extra_paths), str(REPO), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, **variables, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    paths = [*(str(p) for p in extra_paths), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, **variables}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    if not env["PYTHONPATH"]:
+        del env["PYTHONPATH"]
+    return env
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test another copy: ``anchorbind`` must be this checkout, installed editable."""
+    import anchorbind
+
+    installed = Path(anchorbind.__file__).resolve().parent
+    if installed != REPO / "bind":
+        raise pytest.UsageError(
+            f"the installed anchorbind is {installed}, not this checkout's bind/: run "
+            f"`pip install -c constraints.txt -e \".[dev]\"` in {REPO}"
+        )
 
 
 def free_port() -> int:

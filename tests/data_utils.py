@@ -5,8 +5,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from bind.anchor import AnchorConfig, FrozenAnchor
-from bind.registry import create_plugin
+from anchorbind.anchor import AnchorConfig, FrozenAnchor
+from anchorbind.registry import create_plugin
 
 
 @cache

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch.multiprocessing
 from accelerate import Accelerator
 
-from bind.data.loader import build_loader
+from anchorbind.data.loader import build_loader
 from tests.data_utils import processors
 
 

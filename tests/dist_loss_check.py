@@ -1,4 +1,4 @@
-"""Distributed equality check for ``bind.loss``: 2 processes x B samples == 1 process x 2B samples.
+"""Distributed equality check for ``anchorbind.losses.binding``: 2 processes x B samples == 1 process x 2B samples.
 
 Run by ``tests/test_loss.py`` (``@pytest.mark.distributed``) as::
 
@@ -7,7 +7,7 @@ Run by ``tests/test_loss.py`` (``@pytest.mark.distributed``) as::
 
 Each process builds the same tiny deterministic model (two linear encoders, a learnable and a fixed
 logit scale, a fixed "image" anchor), wraps it in real ``DistributedDataParallel`` (which averages
-gradients over processes), computes :class:`bind.loss.BindingLoss` with gathering on its half of
+gradients over processes), computes :class:`anchorbind.losses.binding.BindingLoss` with gathering on its half of
 a fixed global batch and backpropagates. Every process also computes, without any collective, the
 single-process loss and gradients on the whole batch. The check fails (exit status 1) if any loss
 term (averaged over processes, and per process when ``local_loss`` is off) or any parameter
@@ -30,8 +30,8 @@ from accelerate import Accelerator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from bind.heads import LogitScale
-from bind.loss import BindingLoss, info_nce
+from anchorbind.heads import LogitScale
+from anchorbind.losses.binding import BindingLoss, info_nce
 
 TOLERANCE = 1e-5
 LOCAL_BATCH = 4
@@ -66,7 +66,7 @@ class Case:
     masks: str  # none | mixed | empty_on_rank1 | empty_everywhere | absent_on_rank1
     gap: bool = True
     direct: bool = True
-    functional: bool = False  # bind.loss.info_nce per modality instead of BindingLoss
+    functional: bool = False  # anchorbind.losses.binding.info_nce per modality instead of BindingLoss
 
 
 CASES = [

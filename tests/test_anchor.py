@@ -18,9 +18,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from bind.anchor import AnchorConfig, FrozenAnchor
-from bind.errors import ConfigError, InputError
-from bind.weights import (
+from anchorbind.anchor import AnchorConfig, FrozenAnchor
+from anchorbind.errors import ConfigError, InputError
+from anchorbind.weights import (
     CheckpointError,
     load_state_dict_file,
     load_weights_into,
@@ -365,8 +365,8 @@ def test_timm_weights_offline_fail_with_a_clear_message(tmp_path):
     """A real subprocess with the Hugging Face Hub switched off: no network is touched."""
     script = textwrap.dedent(
         """
-        from bind.anchor import FrozenAnchor
-        from bind.errors import ConfigError
+        from anchorbind.anchor import FrozenAnchor
+        from anchorbind.errors import ConfigError
         try:
             FrozenAnchor({"model": "resnet10t", "weights": "timm"})
         except ConfigError as err:

@@ -12,9 +12,9 @@ import torch
 import torchaudio
 import torchvision.transforms
 
-from bind.errors import ConfigError, InputError
-from bind.registry import create_plugin
-from modalities.audio import AudioPlugin, clip_bounds
+from anchorbind.errors import ConfigError, InputError
+from anchorbind.modalities.audio import AudioPlugin, clip_bounds
+from anchorbind.registry import create_plugin
 
 EMBED = 16
 TINY = {"width": 32, "depth": 1, "num_heads": 2}

@@ -13,16 +13,16 @@ import pytest
 import torch
 import webdataset as wds
 
-from bind.anchor import FrozenAnchor
-from bind.data.cache import (
+from anchorbind.anchor import FrozenAnchor
+from anchorbind.data.cache import (
     build_anchor_cache,
     main,
     shard_cache_identity,
     shards_have_anchor_cache,
     sidecar_path,
 )
-from bind.data.loader import AnchorCacheMismatch, build_loader
-from bind.data.shardlist import iter_shard
+from anchorbind.data.loader import AnchorCacheMismatch, build_loader
+from anchorbind.data.shardlist import iter_shard
 from tests.conftest import REPO, free_port, subprocess_env
 from tests.data_utils import processors
 
@@ -141,7 +141,7 @@ def test_two_processes_cache_disjoint_shards(shards, anchor):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()),
-               "-m", "bind.cli", "cache", str(shards), "--anchor-config", str(config), "--no-progress"]
+               "-m", "anchorbind.cli", "cache", str(shards), "--anchor-config", str(config), "--no-progress"]
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     reports = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),

@@ -14,7 +14,7 @@ from tests.conftest import REPO, subprocess_env
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "demo"
-    command = [sys.executable, "-m", "bind.cli", "demo", "--out", str(out), "--train-scenes", "96",
+    command = [sys.executable, "-m", "anchorbind.cli", "demo", "--out", str(out), "--train-scenes", "96",
                "--test-scenes", "64", "--steps", "4", "--workers", "1"]
     env = subprocess_env(OMP_NUM_THREADS="2")
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bind.errors import ConfigError, InputError
-from bind.registry import create_plugin
-from modalities.depth import DepthConfig, DepthPlugin
+from anchorbind.errors import ConfigError, InputError
+from anchorbind.modalities.depth import DepthConfig, DepthPlugin
+from anchorbind.registry import create_plugin
 
 EMBED_DIM = 32
 TINY = {"image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "num_heads": 2}
@@ -241,7 +241,7 @@ def test_one_optimizer_step_changes_the_trunk():
 
 
 def test_bind_model_embeds_depth_beside_images(tmp_path):
-    from bind.model import BindModel
+    from anchorbind.model import BindModel
 
     model = BindModel.from_config({"anchor": {"weights": "none"}, "modalities": {"depth": TINY}}).eval()
     np.save(tmp_path / "a.npy", scene())

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bind.errors import InputError
-from bind.eval import (
+from anchorbind.errors import InputError
+from anchorbind.metrics import (
     alignment_metrics,
     cknna,
     hsic_biased,

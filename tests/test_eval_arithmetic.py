@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bind.errors import InputError
-from bind.eval import combine_embeddings, embedding_arithmetic
+from anchorbind.errors import InputError
+from anchorbind.metrics import combine_embeddings, embedding_arithmetic
 
 DIM = 8  # dims 0-2: scene, 3-5: sound source, 6-7: noise
 

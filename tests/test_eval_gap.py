@@ -13,8 +13,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from bind.errors import InputError
-from bind.eval import (
+from anchorbind.errors import InputError
+from anchorbind.metrics import (
     centroid_angle,
     centroid_distance,
     linear_separability,

@@ -10,8 +10,8 @@ from sklearn.metrics import v_measure_score
 from sklearn.model_selection import LeaveOneOut, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
-from bind.errors import InputError
-from bind.eval import groupwise_metrics, kmeans_v_measure, knn_accuracy, stack_modalities
+from anchorbind.errors import InputError
+from anchorbind.metrics import groupwise_metrics, kmeans_v_measure, knn_accuracy, stack_modalities
 
 
 def clustered(seed: int, rows: int = 60, dim: int = 8, classes: int = 4, spread: float = 0.6):

@@ -11,8 +11,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from bind.errors import InputError
-from bind.eval import linear_probe, stratified_split
+from anchorbind.errors import InputError
+from anchorbind.metrics import linear_probe, stratified_split
 
 
 def dataset(seed: int, rows: int = 90, dim: int = 10, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:

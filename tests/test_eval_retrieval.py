@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
-from bind.errors import InputError
-from bind.eval import category_ranking, chunked_topk, retrieval_metrics, target_ranks
-from bind.eval._inputs import resolve_chunk_size
+from anchorbind.errors import InputError
+from anchorbind.metrics import category_ranking, chunked_topk, retrieval_metrics, target_ranks
+from anchorbind.metrics.checks import resolve_chunk_size
 
 
 def unit(rows: int, dim: int, seed: int) -> torch.Tensor:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import top_k_accuracy_score
 
-from bind.errors import InputError
-from bind.eval import (
+from anchorbind.errors import InputError
+from anchorbind.metrics import (
     DEFAULT_TEMPLATES,
     MODALITY_TEMPLATES,
     build_prompts,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bind.analysis.pairs import ordered_pairs, pair_kind
-from bind.analysis.visiocentrism import visiocentrism_index
-from bind.errors import ConfigError
-from bind.evaluate import evaluate_run
-from bind.train import train
-from bind.train_config import load_train_config
+from anchorbind.errors import ConfigError
+from anchorbind.evaluation.evaluate import evaluate_run
+from anchorbind.evaluation.pairs import ordered_pairs, pair_kind
+from anchorbind.evaluation.visiocentrism import visiocentrism_index
+from anchorbind.train.config import load_train_config
+from anchorbind.train.loop import train
 from tests.conftest import REPO, subprocess_env
 from tests.train_utils import tiny_config, write_config
 
@@ -59,7 +59,7 @@ def runs(world_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_eval_and_report_cli(runs, world_dir):
     env = subprocess_env()
-    cmd = [sys.executable, "-m", "bind.cli", "eval", str(runs["bind"]), "--shards", str(world_dir / "test"),
+    cmd = [sys.executable, "-m", "anchorbind.cli", "eval", str(runs["bind"]), "--shards", str(world_dir / "test"),
            "--baseline", str(runs["direct"]), "--num-workers", "1", "--checkpoint-samples", "32"]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -88,7 +88,7 @@ def test_eval_and_report_cli(runs, world_dir):
     assert m["headline"]
     _assert_documented(m)
 
-    done = subprocess.run([sys.executable, "-m", "bind.cli", "report", str(runs["bind"])], env=env, cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "anchorbind.cli", "report", str(runs["bind"])], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = (runs["bind"] / "report.md").read_text()
@@ -115,7 +115,7 @@ def test_eval_refuses_a_directory_without_a_model(tmp_path, world_dir):
 
 
 def test_report_needs_metrics(tmp_path):
-    from bind.report import write_report
+    from anchorbind.evaluation.report import write_report
 
     with pytest.raises(ConfigError, match="anchorbind eval"):
         write_report(Path(tmp_path))

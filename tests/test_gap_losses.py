@@ -1,4 +1,4 @@
-"""bind.gap_losses: each formula against a brute-force loop, and short trainings that show its effect."""
+"""anchorbind.losses.gap_regularizers: each formula against a brute-force loop, and short trainings that show its effect."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bind.config import from_dict
-from bind.errors import ConfigError
-from bind.gap_losses import (
+from anchorbind.config import from_dict
+from anchorbind.errors import ConfigError
+from anchorbind.losses.binding import BindingLoss
+from anchorbind.losses.gap_regularizers import (
     GapRegularizerConfig,
     align_true_pairs,
     alignment,
@@ -22,7 +23,6 @@ from bind.gap_losses import (
     in_modal_uniformity,
     uniformity,
 )
-from bind.loss import BindingLoss
 
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:

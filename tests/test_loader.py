@@ -15,9 +15,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from bind.data.loader import build_loader
-from bind.data.shardlist import expand_shards, iter_shard
-from bind.errors import InputError
+from anchorbind.data.loader import build_loader
+from anchorbind.data.shardlist import expand_shards, iter_shard
+from anchorbind.errors import InputError
 from tests.conftest import REPO, free_port, subprocess_env
 from tests.data_utils import processors
 
@@ -288,7 +288,7 @@ def test_two_ranks_split_shards_without_duplicates(world_dir, tmp_path):
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()), str(REPO / "tests" / "dist_loader_check.py"),
                str(world_dir), str(tmp_path)]
-    env = subprocess_env(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    env = subprocess_env(REPO, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")  # REPO: for tests.data_utils
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

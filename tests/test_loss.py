@@ -1,4 +1,4 @@
-"""bind.loss: InfoNCE against a brute-force reference, BindingLoss terms, masks, and a real 2-process run."""
+"""anchorbind.losses.binding: InfoNCE against a brute-force reference, BindingLoss terms, masks, and a real 2-process run."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bind.errors import ConfigError
-from bind.gap_losses import align_true_pairs, centroid_uniformity
-from bind.loss import BindingLoss, distributed_rank_world, gather_with_grad, info_nce
+from anchorbind.errors import ConfigError
+from anchorbind.losses.binding import BindingLoss, distributed_rank_world, gather_with_grad, info_nce
+from anchorbind.losses.gap_regularizers import align_true_pairs, centroid_uniformity
 from tests.conftest import REPO, free_port, subprocess_env
 
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from bind.errors import ConfigError, UnknownModalityError
-from bind.model import BindModel
+from anchorbind.errors import ConfigError, UnknownModalityError
+from anchorbind.model import BindModel
 from tests.conftest import REPO, subprocess_env
 
 TINY = {

@@ -47,7 +47,7 @@ def imu_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_with_plugin(site: Path, check: str, *args: str, cwd: Path | None = None) -> str:
     """Run ``tests.test_plugin_api.<check>(*args)`` in a fresh interpreter that sees ``site``."""
-    env = subprocess_env(site)
+    env = subprocess_env(site, REPO)  # REPO: only so the child can import the tests package
     code = f"import sys\nfrom tests.test_plugin_api import {check}\n{check}(*sys.argv[1:])"
     done = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=cwd or site.parent,
                           capture_output=True, text=True, timeout=300)
@@ -94,7 +94,7 @@ def one_infonce_step(plugin: torch.nn.Module, batch: torch.Tensor, targets: torc
 def check_discovery(site: str) -> None:
     import anchorbind_imu
 
-    from bind.registry import get_plugin_class, list_modalities
+    from anchorbind.registry import get_plugin_class, list_modalities
 
     assert "imu" in list_modalities(), list_modalities()
     assert get_plugin_class("imu") is anchorbind_imu.ImuPlugin
@@ -102,14 +102,14 @@ def check_discovery(site: str) -> None:
 
 
 def check_not_registered() -> None:
-    from bind.registry import list_modalities
+    from anchorbind.registry import list_modalities
 
     assert "imu" not in list_modalities(), "imu is registered without the example being installed"
 
 
 def check_embedding(tmp: str) -> None:
-    from bind.errors import InputError
-    from bind.registry import create_plugin
+    from anchorbind.errors import InputError
+    from anchorbind.registry import create_plugin
 
     plugin = create_plugin("imu", {"num_samples": 128}, embed_dim=EMBED_DIM).eval()
     paths = write_recordings(Path(tmp) / "embed")
@@ -130,7 +130,7 @@ def check_embedding(tmp: str) -> None:
 def check_bind_model(tmp: str) -> None:
     from PIL import Image
 
-    from bind.model import BindModel
+    from anchorbind.model import BindModel
 
     model = BindModel.from_config({"anchor": {"weights": "none"}, "modalities": {"imu": {}}}).eval()
     recordings = write_recordings(Path(tmp) / "model")
@@ -146,7 +146,7 @@ def check_bind_model(tmp: str) -> None:
 
 
 def check_one_training_step(tmp: str) -> None:
-    from bind.registry import create_plugin
+    from anchorbind.registry import create_plugin
 
     torch.manual_seed(0)
     plugin = create_plugin("imu", embed_dim=EMBED_DIM)
@@ -192,7 +192,7 @@ def test_installed_plugin_passes_the_contract_suite(imu_site):
 
 
 def test_anchorbind_train_trains_the_installed_plugin(imu_site, tmp_path):
-    """The real trainer (``python -m bind.train``) binds the out-of-tree modality to the anchor."""
+    """The real trainer (``python -m anchorbind.train``) binds the out-of-tree modality to the anchor."""
     import io
 
     import webdataset as wds
@@ -216,7 +216,7 @@ def test_anchorbind_train_trains_the_installed_plugin(imu_site, tmp_path):
     }
     (tmp_path / "imu.yaml").write_text(yaml.safe_dump(config))
     env = subprocess_env(imu_site)
-    done = subprocess.run([sys.executable, "-m", "bind.train", "--config", str(tmp_path / "imu.yaml")],
+    done = subprocess.run([sys.executable, "-m", "anchorbind.train", "--config", str(tmp_path / "imu.yaml")],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     log = (tmp_path / "run" / "train_log.csv").read_text()

@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bind.config import config_to_dict, from_dict
-from bind.errors import ConfigError
-from bind.plugin import ModalityPlugin, PluginConfig
-from bind.registry import create_plugin, get_plugin_class, list_modalities
+from anchorbind.config import config_to_dict, from_dict
+from anchorbind.errors import ConfigError
+from anchorbind.plugin import ModalityPlugin, PluginConfig
+from anchorbind.registry import create_plugin, get_plugin_class, list_modalities
 
 EMBED_DIM = 24
 BATCH = 3

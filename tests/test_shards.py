@@ -11,13 +11,13 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from bind.analysis.inputs import member_readers
-from bind.data.shardlist import iter_shard
-from pipelines.shards import cli as shards_cli
-from pipelines.shards.convert import classify_file, convert_to_shards
-from pipelines.shards.world import write_world_shards
-from pipelines.shards.writer import PlanMismatchError
-from pipelines.world import WorldConfig
+from anchorbind.data.shardlist import iter_shard
+from anchorbind.evaluation.shard_check import member_readers
+from anchorbind.pipelines.shards import cli as shards_cli
+from anchorbind.pipelines.shards.convert import classify_file, convert_to_shards
+from anchorbind.pipelines.shards.world import write_world_shards
+from anchorbind.pipelines.shards.writer import PlanMismatchError
+from anchorbind.pipelines.world import WorldConfig
 from tests.conftest import REPO, subprocess_env
 from tests.data_utils import processors
 
@@ -26,7 +26,7 @@ TINY_WORLD = WorldConfig(image_size=32, supersample=1)
 
 def run_cli(*args: str):
     env = subprocess_env()
-    return subprocess.run([sys.executable, "-m", "bind.cli", *args], env=env, cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "anchorbind.cli", *args], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=600)
 
 

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
-from bind.errors import ConfigError, InputError
-from bind.model import BindModel
-from bind.registry import create_plugin, get_plugin_class
-from modalities.text import TextConfig, TextPlugin
-from modalities.text.backbone import resolve_backbone
+from anchorbind.errors import ConfigError, InputError
+from anchorbind.modalities.text import TextConfig, TextPlugin
+from anchorbind.modalities.text.backbone import resolve_backbone
+from anchorbind.model import BindModel
+from anchorbind.registry import create_plugin, get_plugin_class
 
 EMBED = 24
 HEAD_AND_SCALE = {"head.norm.weight", "head.norm.bias", "head.proj.weight", "logit_scale.log_scale"}

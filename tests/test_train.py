@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bind.errors import ConfigError
-from bind.train import NonFiniteLossError, train
-from bind.train_config import load_train_config
+from anchorbind.errors import ConfigError
+from anchorbind.train.config import load_train_config
+from anchorbind.train.loop import NonFiniteLossError, train
 from tests.conftest import REPO, free_port, subprocess_env
 from tests.train_utils import tiny_config, write_config
 
@@ -69,7 +69,7 @@ def test_nonfinite_losses_are_skipped_then_stop(tmp_path, world_dir):
 
 
 def test_anchor_cache_path(tmp_path, world_dir):
-    from bind.data.cache import build_anchor_cache
+    from anchorbind.data.cache import build_anchor_cache
 
     shards = tmp_path / "cached"
     shutil.copytree(world_dir / "train", shards)
@@ -82,7 +82,7 @@ def test_anchor_cache_path(tmp_path, world_dir):
 
 
 def _train_cmd(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bind.cli", "train", "--config", str(config), *extra]
+    return [sys.executable, "-m", "anchorbind.cli", "train", "--config", str(config), *extra]
 
 
 def _env() -> dict[str, str]:
@@ -120,7 +120,7 @@ def test_two_gloo_processes_train_the_demo_modalities(tmp_path, world_dir):
     cfg = write_config(tmp_path / "cfg.yaml", tiny_config(tmp_path / "run", world_dir / "train", ["steps=4"]))
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "bind.train", "--config", str(cfg)]
+           "-m", "anchorbind.train", "--config", str(cfg)]
     result = subprocess.run(cmd, env=_env(), cwd=REPO, timeout=900, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())

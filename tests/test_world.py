@@ -10,12 +10,12 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from bind.errors import ConfigError
-from pipelines.world import ATTRIBUTES, CATEGORIES, WorldConfig, generate, make_scene, render, render_sample
-from pipelines.world.caption import FAMILIES, NUMBER, SETTING, TEST_ONLY_FAMILIES, caption
-from pipelines.world.generate import depth_png_bytes
-from pipelines.world.shapes import BOUNDS, SHAPES
-from pipelines.world.sound import FUNDAMENTAL, synthesise
+from anchorbind.errors import ConfigError
+from anchorbind.pipelines.world import ATTRIBUTES, CATEGORIES, WorldConfig, generate, make_scene, render, render_sample
+from anchorbind.pipelines.world.caption import FAMILIES, NUMBER, SETTING, TEST_ONLY_FAMILIES, caption
+from anchorbind.pipelines.world.generate import depth_png_bytes
+from anchorbind.pipelines.world.shapes import BOUNDS, SHAPES
+from anchorbind.pipelines.world.sound import FUNDAMENTAL, synthesise
 
 CFG = WorldConfig()
 

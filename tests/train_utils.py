@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from bind.config import apply_overrides
+from anchorbind.config import apply_overrides
 
 TINY_MODALITIES: dict[str, dict[str, Any]] = {
     "text": {},

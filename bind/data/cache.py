@@ -20,7 +20,7 @@ differs from the training run's anchor. Safety and resumption:
 Example::
 
     anchorbind cache data/train --anchor-config configs/demo.yaml
-    accelerate launch --num_processes 2 -m bind.cli cache data/train/*.tar
+    accelerate launch --num_processes 2 -m anchorbind.cli cache data/train/*.tar
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ import torch
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from bind.anchor import AnchorConfig, FrozenAnchor
-from bind.config import from_dict, load_yaml
-from bind.data.shardlist import expand_shards, iter_shard
-from bind.data.stages import ANCHOR_ID_KEY, ANCHOR_KEY
-from bind.errors import ConfigError, InputError
+from anchorbind.anchor import AnchorConfig, FrozenAnchor
+from anchorbind.config import from_dict, load_yaml
+from anchorbind.data.shardlist import expand_shards, iter_shard
+from anchorbind.data.stages import ANCHOR_ID_KEY, ANCHOR_KEY
+from anchorbind.errors import ConfigError, InputError
 
 __all__ = [
     "CacheReport",

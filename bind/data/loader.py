@@ -44,7 +44,7 @@ Pipelines (webdataset stages composed as a list, then ``wds.DataPipeline``, as o
 
 The rank and world size come from the initialised ``torch.distributed`` group (``accelerate``),
 else from ``RANK``/``WORLD_SIZE``, read when the loader is built (see
-:func:`bind.data.shardlist.rank_and_world`).
+:func:`anchorbind.data.shardlist.rank_and_world`).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ import torch
 import webdataset as wds
 from webdataset.utils import make_seed
 
-from bind.data.shardlist import expand_shards, rank_and_world
-from bind.data.stages import (
+from anchorbind.data.shardlist import expand_shards, rank_and_world
+from anchorbind.data.stages import (
     AnchorCacheMismatch,
     ErrorLog,
     LoaderInputError,
@@ -121,7 +121,7 @@ def build_loader(
 
     Args:
         shards: a shard spec (brace notation, ``::`` lists, a directory of ``.tar``, a glob, any
-            URL webdataset opens) or a list of them; see :func:`bind.data.shardlist.expand_shards`.
+            URL webdataset opens) or a list of them; see :func:`anchorbind.data.shardlist.expand_shards`.
         processors: ``{modality: object with sample_keys, load(source, train=), collate(list)}``:
             the plugins, and the anchor under ``image``. Each modality is decoded from the first
             of its ``sample_keys`` present in a sample.
@@ -138,7 +138,7 @@ def build_loader(
         anchor_identity: the identity (``FrozenAnchor.identity``) the cache must have been
             computed with; a cache from another anchor is refused.
         handler: ``"warn"``: record each failure in ``batch["errors"]`` and skip what failed;
-            ``"raise"``: raise :class:`~bind.errors.InputError` naming the shard, key and reason
+            ``"raise"``: raise :class:`~anchorbind.errors.InputError` naming the shard, key and reason
             at the first failure.
 
     Returns:

@@ -7,7 +7,7 @@ Each stage takes an iterator and yields items. Shapes along the pipeline::
     {"__key__", "__url__", member: bytes}       -- decode_samples
     {"__key__", "__url__", "data": {modality: loaded}, "json", "anchor", "errors"}
                                                -- batch_samples
-    batches (format documented in bind.data.loader)
+    batches (format documented in anchorbind.data.loader)
 
 Nothing is dropped silently: every failure (a corrupt tar, a member a plugin refuses, a sample
 with nothing decodable) is recorded in the worker's :class:`ErrorLog` and rides along with the
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bind.anchor import FrozenAnchor
-from bind.errors import AnchorBindError, InputError
+from anchorbind.anchor import FrozenAnchor
+from anchorbind.errors import AnchorBindError, InputError
 
 __all__ = [
     "ANCHOR_ID_KEY",
@@ -306,7 +306,7 @@ def batch_samples(
 def collate_batch(
     samples: list[dict[str, Any]], processors: Mapping[str, Any], late_errors: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The batch format documented in :mod:`bind.data.loader`."""
+    """The batch format documented in :mod:`anchorbind.data.loader`."""
     size = len(samples)
     batch: dict[str, Any] = {
         "__key__": [s["__key__"] for s in samples],

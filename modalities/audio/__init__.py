@@ -1,10 +1,10 @@
 """Audio modality: ImageBind-exact kaldi fbank clips and a timm spectrogram ViT."""
 
-from modalities.audio.augment import SpectrogramAugment
-from modalities.audio.config import AudioConfig
-from modalities.audio.features import clip_bounds, fbank_clip, random_clip_bounds, waveform_to_clips
-from modalities.audio.plugin import AudioPlugin
-from modalities.audio.reading import array_to_channels, decode_audio, read_waveform
+from anchorbind.modalities.audio.augment import SpectrogramAugment
+from anchorbind.modalities.audio.config import AudioConfig
+from anchorbind.modalities.audio.features import clip_bounds, fbank_clip, random_clip_bounds, waveform_to_clips
+from anchorbind.modalities.audio.plugin import AudioPlugin
+from anchorbind.modalities.audio.reading import array_to_channels, decode_audio, read_waveform
 
 __all__ = [
     "AudioConfig",

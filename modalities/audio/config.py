@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bind.errors import ConfigError
-from bind.plugin import PluginConfig
-from bind.trunks import VIT_POOLINGS
-from modalities.audio.features import FRAME_LENGTH_MS
+from anchorbind.errors import ConfigError
+from anchorbind.modalities.audio.features import FRAME_LENGTH_MS
+from anchorbind.plugin import PluginConfig
+from anchorbind.trunks import VIT_POOLINGS
 
 __all__ = ["AudioConfig"]
 
@@ -77,7 +77,7 @@ class AudioConfig(PluginConfig):
     def __post_init__(self) -> None:
         problems = list(self._problems())
         if problems:
-            raise ConfigError("modalities.audio: " + "; ".join(problems))
+            raise ConfigError("anchorbind.modalities.audio: " + "; ".join(problems))
 
     def _problems(self) -> Iterator[str]:
         positive = {

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bind.heads import l2_normalize
-from bind.plugin import InputSource, ModalityPlugin
-from bind.trunks import one_channel_vit
-from modalities.audio.augment import SpectrogramAugment
-from modalities.audio.config import AudioConfig
-from modalities.audio.features import clip_bounds, random_clip_bounds, waveform_to_clips
-from modalities.audio.reading import read_waveform
+from anchorbind.heads import l2_normalize
+from anchorbind.modalities.audio.augment import SpectrogramAugment
+from anchorbind.modalities.audio.config import AudioConfig
+from anchorbind.modalities.audio.features import clip_bounds, random_clip_bounds, waveform_to_clips
+from anchorbind.modalities.audio.reading import read_waveform
+from anchorbind.plugin import InputSource, ModalityPlugin
+from anchorbind.trunks import one_channel_vit
 
 __all__ = ["AudioPlugin"]
 
@@ -26,9 +26,9 @@ class AudioPlugin(ModalityPlugin):
 
     Input: a path or the bytes of an audio file, or a float waveform array/tensor already at
     ``sample_rate`` shaped ``(samples,)`` or ``(channels, samples)``. Channels are averaged to
-    mono and the waveform resampled to ``sample_rate`` (see :mod:`modalities.audio.reading`).
+    mono and the waveform resampled to ``sample_rate`` (see :mod:`anchorbind.modalities.audio.reading`).
 
-    Preprocessing: ImageBind's, exactly (:mod:`modalities.audio.features`): ``clips_per_sample``
+    Preprocessing: ImageBind's, exactly (:mod:`anchorbind.modalities.audio.features`): ``clips_per_sample``
     clips of ``clip_duration`` spread over the file (``train_clips_per_sample`` random clips when
     ``train=True``), each a kaldi log-mel fbank normalised with ImageBind's statistics.
     ``load`` returns ``(clips, 1, num_mel_bins, target_length)``; ``collate`` stacks to
@@ -82,7 +82,7 @@ class AudioPlugin(ModalityPlugin):
                 of ``clips_per_sample`` evenly spread ones.
 
         Raises:
-            InputError: naming ``source`` and the reason (see :func:`~modalities.audio.reading.read_waveform`).
+            InputError: naming ``source`` and the reason (see :func:`~anchorbind.modalities.audio.reading.read_waveform`).
         """
         cfg = self.config
         wave = read_waveform(source, cfg.sample_rate, cfg.min_duration)

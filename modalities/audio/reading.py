@@ -3,7 +3,7 @@
 soundfile (libsndfile) decodes WAV, FLAC, OGG/Vorbis, MP3 and the other formats it knows,
 sniffing the format from the content, so a path and the bytes of a shard member read the same;
 torchaudio resamples. Every way an input can be unusable becomes an
-:class:`~bind.errors.InputError` naming it, and truncation is looked for explicitly, because
+:class:`~anchorbind.errors.InputError` naming it, and truncation is looked for explicitly, because
 libsndfile decodes the surviving part of a cut WAV or OGG without complaint.
 
 Channels are mixed to mono by averaging. ImageBind instead feeds all channels to kaldi's
@@ -21,8 +21,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from bind.errors import InputError
-from bind.plugin import InputSource, read_bytes
+from anchorbind.errors import InputError
+from anchorbind.plugin import InputSource, read_bytes
 
 __all__ = ["MAX_ARRAY_CHANNELS", "array_to_channels", "decode_audio", "read_waveform"]
 

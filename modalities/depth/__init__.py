@@ -3,8 +3,8 @@
 Registered as ``depth`` through the ``anchorbind.modalities`` entry point in ``pyproject.toml``.
 """
 
-from modalities.depth.config import DepthConfig
-from modalities.depth.plugin import DepthInputStats, DepthPlugin
-from modalities.depth.reading import DepthReading, read_depth
+from anchorbind.modalities.depth.config import DepthConfig
+from anchorbind.modalities.depth.plugin import DepthInputStats, DepthPlugin
+from anchorbind.modalities.depth.reading import DepthReading, read_depth
 
 __all__ = ["DepthConfig", "DepthInputStats", "DepthPlugin", "DepthReading", "read_depth"]

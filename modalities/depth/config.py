@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bind.errors import ConfigError
-from bind.plugin import PluginConfig
-from bind.trunks import VIT_POOLINGS
+from anchorbind.errors import ConfigError
+from anchorbind.plugin import PluginConfig
+from anchorbind.trunks import VIT_POOLINGS
 
 __all__ = ["NORMALIZATIONS", "DepthConfig"]
 
@@ -97,7 +97,7 @@ class DepthConfig(PluginConfig):
     def __post_init__(self) -> None:
         problems = list(self._problems())
         if problems:
-            raise ConfigError("modalities.depth: " + "; ".join(problems))
+            raise ConfigError("anchorbind.modalities.depth: " + "; ".join(problems))
 
     def _problems(self) -> Iterator[str]:
         if self.png_scale <= 0:

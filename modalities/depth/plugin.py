@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from bind.errors import InputError
-from bind.plugin import InputSource, ModalityPlugin
-from bind.trunks import one_channel_vit
-from modalities.depth.config import DepthConfig
-from modalities.depth.reading import DepthReading, read_depth
-from modalities.depth.transforms import crop_box, normalize, resize_square, to_disparity
+from anchorbind.errors import InputError
+from anchorbind.modalities.depth.config import DepthConfig
+from anchorbind.modalities.depth.reading import DepthReading, read_depth
+from anchorbind.modalities.depth.transforms import crop_box, normalize, resize_square, to_disparity
+from anchorbind.plugin import InputSource, ModalityPlugin
+from anchorbind.trunks import one_channel_vit
 
 __all__ = ["DepthInputStats", "DepthPlugin"]
 
@@ -82,7 +82,7 @@ class DepthPlugin(ModalityPlugin):
         """Read ``source`` into metres and an invalid-pixel mask, applying this config's checks.
 
         Raises:
-            InputError: see :func:`modalities.depth.reading.read_depth`.
+            InputError: see :func:`anchorbind.modalities.depth.reading.read_depth`.
         """
         cfg = self.config
         return read_depth(source, png_scale=cfg.png_scale, allow_8bit_png=cfg.allow_8bit_png,

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from bind.errors import InputError
-from bind.plugin import read_bytes
+from anchorbind.errors import InputError
+from anchorbind.plugin import read_bytes
 
 __all__ = ["NPY_MAGIC", "PNG_MAGIC", "DepthReading", "read_depth"]
 

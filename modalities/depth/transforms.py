@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from modalities.depth.config import DepthConfig
+from anchorbind.modalities.depth.config import DepthConfig
 
 __all__ = ["crop_box", "disparity_scale", "normalize", "resize_square", "to_disparity"]
 

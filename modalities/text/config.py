@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bind.errors import ConfigError
-from bind.plugin import PluginConfig
+from anchorbind.errors import ConfigError
+from anchorbind.plugin import PluginConfig
 
 __all__ = ["TUNING_MODES", "TextConfig"]
 
@@ -44,7 +44,7 @@ class TextConfig(PluginConfig):
     def __post_init__(self) -> None:
         problems = list(self._problems())
         if problems:
-            raise ConfigError("modalities.text: " + "; ".join(problems))
+            raise ConfigError("anchorbind.modalities.text: " + "; ".join(problems))
 
     def _problems(self) -> Iterator[str]:
         if not self.backbone.strip():

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bind.errors import ConfigError, InputError
-from bind.plugin import InputSource, ModalityPlugin
-from modalities.text.backbone import load_backbone
-from modalities.text.config import TextConfig
+from anchorbind.errors import ConfigError, InputError
+from anchorbind.modalities.text.backbone import load_backbone
+from anchorbind.modalities.text.config import TextConfig
+from anchorbind.plugin import InputSource, ModalityPlugin
 
 __all__ = ["TextPlugin", "mean_pool"]
 
@@ -68,7 +68,7 @@ class TextPlugin(ModalityPlugin):
         positions = getattr(backbone.config, "max_position_embeddings", None)
         if positions is not None and cfg.max_length > positions:
             raise ConfigError(
-                f"modalities.text.max_length={cfg.max_length} exceeds the {positions} positions of "
+                f"anchorbind.modalities.text.max_length={cfg.max_length} exceeds the {positions} positions of "
                 f"backbone {cfg.backbone!r}"
             )
         if cfg.tuning == "frozen":
@@ -97,7 +97,7 @@ class TextPlugin(ModalityPlugin):
                 return get_peft_model(backbone, lora)
         except ValueError as err:
             raise ConfigError(
-                f"modalities.text.lora_target_modules={cfg.lora_target_modules} do not fit backbone "
+                f"anchorbind.modalities.text.lora_target_modules={cfg.lora_target_modules} do not fit backbone "
                 f"{cfg.backbone!r}: {err}"
             ) from None
 

@@ -17,8 +17,8 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bind.errors import InputError
-    from pipelines.shards import convert
+    from anchorbind.errors import InputError
+    from anchorbind.pipelines.shards import convert
 
     layouts = convert.__doc__.split("\n\n", 1)[1]
     parser = argparse.ArgumentParser(prog="anchorbind shards", description=convert.__doc__.split("\n\n")[0],

@@ -48,8 +48,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from bind.errors import InputError
-from pipelines.shards.writer import ShardSink, finish_entry, write_manifest
+from anchorbind.errors import InputError
+from anchorbind.pipelines.shards.writer import ShardSink, finish_entry, write_manifest
 
 __all__ = ["ConversionReport", "classify_file", "convert_to_shards", "load_processors"]
 
@@ -98,8 +98,8 @@ def load_processors(modalities: Sequence[str] | None = None) -> dict[str, Any]:
     The anchor is built without pretrained weights (``weights="none"``: reading an image does not
     depend on them) and plugins with a tiny head, since only their ``load`` runs.
     """
-    from bind.anchor import AnchorConfig, FrozenAnchor
-    from bind.registry import create_plugin, list_modalities
+    from anchorbind.anchor import AnchorConfig, FrozenAnchor
+    from anchorbind.registry import create_plugin, list_modalities
 
     names = list(modalities) if modalities is not None else [ANCHOR, *list_modalities()]
     processors: dict[str, Any] = {}
@@ -352,7 +352,7 @@ def convert_to_shards(
     if processors is not None:
         keys = _keys_of(processors)
     else:
-        from bind.analysis.inputs import member_readers
+        from anchorbind.evaluation.shard_check import member_readers
 
         # sample keys from the classes: nothing is built in this process
         keys = {m: tuple(k.lower() for k in ks) for m, ks in member_readers().items()}

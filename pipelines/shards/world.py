@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bind.config import config_to_dict
-from pipelines.shards.writer import write_shards_parallel
+from anchorbind.config import config_to_dict
+from anchorbind.pipelines.shards.writer import write_shards_parallel
 
 __all__ = ["SHARD_PREFIX", "write_world_shards"]
 
@@ -17,7 +17,7 @@ SHARD_PREFIX = "world"
 
 def _world_samples(start: int, stop: int, *, split: str, seed: int, world_cfg: Any) -> list[dict[str, Any]]:
     """Scenes ``start..stop-1`` of ``split`` (module level, so spawned workers can unpickle it)."""
-    from pipelines.world import make_scene, render_sample
+    from anchorbind.pipelines.world import make_scene, render_sample
 
     return [render_sample(make_scene(seed, index, split, world_cfg), world_cfg) for index in range(start, stop)]
 
@@ -34,7 +34,7 @@ def write_world_shards(
 ) -> dict[str, dict[str, Any]]:
     """Generate ``train`` + ``test`` scenes into ``out_dir/{train,test}/world-XXXXXX.tar``.
 
-    Each split gets a ``manifest.json`` (see :mod:`pipelines.shards.writer`) recording the seed
+    Each split gets a ``manifest.json`` (see :mod:`anchorbind.pipelines.shards.writer`) recording the seed
     and the world config. Output is identical whatever ``workers`` is (every scene depends only
     on ``(seed, split, index)``); an interrupted run resumes (finished shards are kept), and a
     folder generated with other settings is refused.
@@ -46,12 +46,12 @@ def write_world_shards(
         seed: world seed.
         shard_size: scenes per shard.
         workers: processes rendering shards in parallel.
-        world_cfg: a :class:`pipelines.world.WorldConfig` (default settings when ``None``).
+        world_cfg: a :class:`anchorbind.pipelines.world.WorldConfig` (default settings when ``None``).
 
     Returns:
         ``{"train": manifest, "test": manifest}``.
     """
-    from pipelines.world import WorldConfig
+    from anchorbind.pipelines.world import WorldConfig
 
     world_cfg = world_cfg or WorldConfig()
     out_dir = Path(out_dir)

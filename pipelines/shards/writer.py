@@ -30,7 +30,7 @@ from typing import Any
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from bind.data.shardlist import iter_shard
+from anchorbind.data.shardlist import iter_shard
 
 __all__ = [
     "PlanMismatchError",
@@ -147,7 +147,7 @@ class ShardSink:
 
 def count_modalities(layouts: Mapping[str, int]) -> dict[str, int]:
     """Samples per registered modality from ``{"member,member,...": samples}``."""
-    from bind.analysis.inputs import member_readers
+    from anchorbind.evaluation.shard_check import member_readers
 
     readers = member_readers()
     counts: Counter[str] = Counter()

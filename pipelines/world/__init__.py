@@ -8,15 +8,15 @@ and whether the caption states it — the ground truth that the visiocentrism an
 
 Example::
 
-    from pipelines.world import WorldConfig, generate
+    from anchorbind.pipelines.world import WorldConfig, generate
     for sample in generate(100, "train", seed=0, cfg=WorldConfig(), workers=2):
         sample["png"], sample["depth.png"], sample["txt"], sample["flac"], sample["json"]
 """
 
-from pipelines.world.config import ATTRIBUTES, CATEGORIES, COLOURS, AttributeSpec, WorldConfig
-from pipelines.world.generate import depth_png_bytes, generate, render_sample
-from pipelines.world.render import Rendering, render
-from pipelines.world.scene import ObjectSpec, Scene, make_scene
+from anchorbind.pipelines.world.config import ATTRIBUTES, CATEGORIES, COLOURS, AttributeSpec, WorldConfig
+from anchorbind.pipelines.world.generate import depth_png_bytes, generate, render_sample
+from anchorbind.pipelines.world.render import Rendering, render
+from anchorbind.pipelines.world.scene import ObjectSpec, Scene, make_scene
 
 __all__ = ["ATTRIBUTES", "CATEGORIES", "COLOURS", "AttributeSpec", "ObjectSpec", "Rendering", "Scene", "WorldConfig",
            "depth_png_bytes", "generate", "make_scene", "render", "render_sample"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.world.shapes import apply
+from anchorbind.pipelines.world.shapes import apply
 
 __all__ = ["Camera"]
 

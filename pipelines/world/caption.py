@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipelines.world.config import WorldConfig
-from pipelines.world.scene import Scene
+from anchorbind.pipelines.world.config import WorldConfig
+from anchorbind.pipelines.world.scene import Scene
 
 __all__ = ["FAMILIES", "TEST_ONLY_FAMILIES", "caption"]
 

@@ -34,11 +34,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from bind.config import from_dict, load_yaml
-    from bind.errors import ConfigError
-    from pipelines.shards.world import write_world_shards
-    from pipelines.shards.writer import PlanMismatchError
-    from pipelines.world import WorldConfig
+    from anchorbind.config import from_dict, load_yaml
+    from anchorbind.errors import ConfigError
+    from anchorbind.pipelines.shards.world import write_world_shards
+    from anchorbind.pipelines.shards.writer import PlanMismatchError
+    from anchorbind.pipelines.world import WorldConfig
 
     for name in ("train", "test", "shard_size"):
         if getattr(args, name) < (1 if name == "shard_size" else 0):

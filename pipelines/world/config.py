@@ -11,12 +11,12 @@ SPLITS = ("train", "val", "test")
 
 
 def refuse(message: str) -> None:
-    """Raise :class:`bind.errors.ConfigError` with ``message``.
+    """Raise :class:`anchorbind.errors.ConfigError` with ``message``.
 
     Imported on demand: importing the ``bind`` package pulls in torch, which world worker
     processes never need (it would add seconds to every worker start).
     """
-    from bind.errors import ConfigError
+    from anchorbind.errors import ConfigError
 
     raise ConfigError(message)
 

@@ -13,11 +13,11 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from pipelines.world.caption import caption
-from pipelines.world.config import ATTRIBUTES, WorldConfig
-from pipelines.world.render import render
-from pipelines.world.scene import Scene, make_scene
-from pipelines.world.sound import synthesise
+from anchorbind.pipelines.world.caption import caption
+from anchorbind.pipelines.world.config import ATTRIBUTES, WorldConfig
+from anchorbind.pipelines.world.render import render
+from anchorbind.pipelines.world.scene import Scene, make_scene
+from anchorbind.pipelines.world.sound import synthesise
 
 __all__ = ["depth_png_bytes", "generate", "render_sample"]
 

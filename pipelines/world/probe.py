@@ -1,6 +1,6 @@
 """Can the default anchor tell the world's categories apart? A linear probe on its embeddings.
 
-    python -m pipelines.world.probe --train 800 --test 400
+    python -m anchorbind.pipelines.world.probe --train 800 --test 400
 
 Fits a logistic regression on frozen-anchor embeddings of train-split scenes and reports the
 test-split accuracy for each visual attribute (category first) as JSON. Binding only works if
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from sklearn.metrics import recall_score
 
-from bind.anchor import AnchorConfig, FrozenAnchor
-from bind.eval.probe import linear_probe, make_linear_probe
-from pipelines.world.config import ATTRIBUTES, WorldConfig
-from pipelines.world.generate import generate
+from anchorbind.anchor import AnchorConfig, FrozenAnchor
+from anchorbind.metrics.probe import linear_probe, make_linear_probe
+from anchorbind.pipelines.world.config import ATTRIBUTES, WorldConfig
+from anchorbind.pipelines.world.generate import generate
 
 __all__ = ["anchor_probe"]
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipelines.world.config import WorldConfig
-from pipelines.world.scene import ObjectSpec, Scene
-from pipelines.world.shapes import BOUNDS, SHAPES, apply
+from anchorbind.pipelines.world.config import WorldConfig
+from anchorbind.pipelines.world.scene import ObjectSpec, Scene
+from anchorbind.pipelines.world.shapes import BOUNDS, SHAPES, apply
 
 __all__ = ["COLOUR_RGB", "Rendering", "render"]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.world.camera import Camera
-from pipelines.world.config import ATTRIBUTES, CATEGORIES, COLOURS, SPLITS, WorldConfig, refuse
+from anchorbind.pipelines.world.camera import Camera
+from anchorbind.pipelines.world.config import ATTRIBUTES, CATEGORIES, COLOURS, SPLITS, WorldConfig, refuse
 
 __all__ = ["POSITION_NDC", "SIZE_RADIUS", "ObjectSpec", "Scene", "make_scene"]
 

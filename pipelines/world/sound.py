@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from scipy.signal import lfilter
 
-from pipelines.world.config import WorldConfig
-from pipelines.world.scene import Scene
+from anchorbind.pipelines.world.config import WorldConfig
+from anchorbind.pipelines.world.scene import Scene
 
 __all__ = ["AMPLITUDE", "BEAT_SPACING", "FUNDAMENTAL", "INSTRUMENTS", "synthesise"]
 

@@ -3,7 +3,7 @@
 Everything a modality needs is here and nothing else: the config dataclass, reading and
 checking raw input (``load``), batching (``collate``), the trunk (``build_trunk``) and its
 pooled features (``forward_features``). The projection head, L2 normalisation and logit scale
-come from :class:`bind.plugin.ModalityPlugin`.
+come from :class:`anchorbind.plugin.ModalityPlugin`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bind.errors import ConfigError, InputError
-from bind.plugin import InputSource, ModalityPlugin, PluginConfig, read_bytes
+from anchorbind.errors import ConfigError, InputError
+from anchorbind.plugin import InputSource, ModalityPlugin, PluginConfig, read_bytes
 
 __all__ = ["CHANNELS", "ImuConfig", "ImuPlugin"]
 
@@ -61,11 +61,11 @@ class ImuConfig(PluginConfig):
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.width < 1 or self.depth < 1:
-            raise ConfigError("modalities.imu: num_samples, width and depth must be positive")
+            raise ConfigError("anchorbind.modalities.imu: num_samples, width and depth must be positive")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ConfigError(f"modalities.imu: kernel_size must be odd and positive, got {self.kernel_size}")
+            raise ConfigError(f"anchorbind.modalities.imu: kernel_size must be odd and positive, got {self.kernel_size}")
         if self.accel_scale <= 0 or self.gyro_scale <= 0:
-            raise ConfigError("modalities.imu: accel_scale and gyro_scale must be positive")
+            raise ConfigError("anchorbind.modalities.imu: accel_scale and gyro_scale must be positive")
 
 
 class ImuPlugin(ModalityPlugin):

@@ -1,1 +1,0 @@
-"""Run-level analyses built on :mod:`bind.eval`: pair labels, visiocentrism, checkpoints."""

@@ -1,0 +1,1 @@
+"""Run-level analyses built on :mod:`anchorbind.metrics`: pair labels, visiocentrism, checkpoints."""

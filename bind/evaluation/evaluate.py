@@ -1,0 +1,302 @@
+"""``anchorbind eval``: turn a trained run into findings, written to ``RUN_DIR/metrics.json``.
+
+    anchorbind eval runs/demo/bind --shards runs/demo/world/test \\
+        --baseline runs/demo/direct --compare runs/demo/bind_mitigated
+
+Sections (every key is documented in ``docs/metrics.md``): retrieval for every ordered modality
+pair labelled trained / emergent / direct, the emergent-vs-direct comparison with chance levels,
+zero-shot classification through text prompts, embedding arithmetic scored against the ground
+truth, group-wise structure, the modality gap and the shift experiment, alignment (also across
+checkpoints, against retrieval) and visiocentrism. The embeddings are stored beside the metrics
+(``embeddings_test.safetensors``) so that ``anchorbind report`` needs no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from anchorbind.errors import AnchorBindError, ConfigError, InputError
+from anchorbind.evaluation.alignment import alignment_section
+from anchorbind.evaluation.arithmetic import arithmetic_section
+from anchorbind.evaluation.checkpoint_alignment import checkpoint_alignment
+from anchorbind.evaluation.extract import EmbeddingSet, extract_embeddings
+from anchorbind.evaluation.gap import gap_section
+from anchorbind.evaluation.groupwise import groupwise_section
+from anchorbind.evaluation.retrieval import compare_with_direct, pair_retrieval
+from anchorbind.evaluation.shard_check import check_shards, member_readers
+from anchorbind.evaluation.visiocentrism import visiocentrism_section
+from anchorbind.evaluation.zeroshot import zero_shot_section
+from anchorbind.model import BindModel
+
+__all__ = ["EMBEDDINGS_FILE", "METRICS_FILE", "evaluate_run", "headline", "main"]
+
+EMBEDDINGS_FILE = "embeddings_test.safetensors"
+METRICS_FILE = "metrics.json"
+MAX_ERROR_EXAMPLES = 20
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved training config (``{}`` for a model saved without one)."""
+    if not (run_dir / "model" / "config.json").is_file():
+        raise ConfigError(f"{run_dir}: no trained model (expected {run_dir / 'model' / 'config.json'}); "
+                          "pass the output_dir of `anchorbind train`")
+    path = run_dir / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _load_and_embed(run_dir: Path, shards: str, *, ignore: Sequence[str], batch_size: int, num_workers: int,
+                    device: torch.device) -> tuple[BindModel, dict[str, Any], EmbeddingSet, dict[str, int]]:
+    config = _run_config(run_dir)
+    model = BindModel.from_pretrained(run_dir / "model").to(device).eval()
+    ignored = check_shards(shards, model.modalities, ignore=ignore, source=f"the model in {run_dir}")
+    emb = extract_embeddings(model, shards, batch_size=batch_size, num_workers=num_workers)
+    if not emb.keys:
+        raise InputError(str(shards), f"no sample could be read ({len(emb.errors)} decode errors"
+                                      + (f", first: {emb.errors[0]}" if emb.errors else "") + ")")
+    return model, config, emb, ignored
+
+
+def _decode_errors(emb: EmbeddingSet) -> dict[str, Any]:
+    return {"count": len(emb.errors),
+            "by_modality": dict(Counter(str(e.get("modality")) for e in emb.errors)),
+            "examples": emb.errors[:MAX_ERROR_EXAMPLES]}
+
+
+def _stage(name: str) -> None:
+    """One progress line per analysis section: some take a minute on a CPU (cross-validated probes)."""
+    print(f"eval: {name}", file=sys.stderr, flush=True)
+
+
+def _mitigation(model: BindModel) -> dict[str, float]:
+    return {name: float(plugin.config.native_loss_weight) for name, plugin in model.plugins.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON: numpy scalars to Python, NaN/inf to null (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic, torch.Tensor)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _compare_block(other_dir: Path, shards: str, **kwargs: Any) -> dict[str, Any]:
+    """Visiocentrism of another run on the same shards (evaluated now unless it already was)."""
+    path = other_dir / METRICS_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    if data.get("shards") != str(shards) or "visiocentrism" not in data:
+        data = evaluate_run(other_dir, shards, checkpoint_samples=0, **kwargs)
+    vis = data.get("visiocentrism", {})
+    return {
+        "native_loss_weights": data.get("native_loss_weights", {}),
+        "uses_mitigation": data.get("uses_mitigation"),
+        "visiocentrism_index": vis.get("index", {}),
+        "visiocentrism_summary": vis.get("summary", {}),
+        "probes": vis.get("probes", {}),
+    }
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    shards: str,
+    *,
+    baselines: Sequence[str | Path] = (),
+    compare: Sequence[str | Path] = (),
+    batch_size: int = 128,
+    num_workers: int = 2,
+    checkpoint_samples: int = 300,
+    ignore_modalities: Sequence[str] = (),
+    label_attribute: str = "category",
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``run_dir`` on ``shards``; writes ``metrics.json`` and the embeddings, returns the metrics.
+
+    Args:
+        run_dir: a training run (``model/``, ``config.yaml``, ``checkpoints/``, ``train_log.csv``).
+        shards: evaluation shards (directory, brace notation or URLs).
+        baselines: runs evaluated on the same shards whose pairs are reported under ``baselines``;
+            a pair they trained directly is compared with the same pair emergent here.
+        compare: runs whose visiocentrism is shown beside this run's (e.g. with and without the
+            mitigation objective); evaluated first when they have no metrics for these shards.
+        batch_size: loader batch size.
+        num_workers: loader worker processes.
+        checkpoint_samples: samples embedded per checkpoint for alignment vs retrieval across
+            checkpoints (0 skips the sweep).
+        ignore_modalities: modalities the shards carry that the model may lack without error.
+        label_attribute: the JSON attribute used as the category label.
+        device: where models run and similarities are computed (``auto``/None: CUDA if present).
+
+    Returns:
+        The content of ``metrics.json``.
+
+    Raises:
+        ConfigError: ``run_dir`` (or a baseline / compare run) holds no trained model.
+        InputError: the shards name nothing, hold no readable sample, or carry a modality the
+            model has no plugin for (unless listed in ``ignore_modalities``).
+    """
+    run_dir = Path(run_dir)
+    device = _resolve_device(device)
+    model, config, emb, ignored = _load_and_embed(run_dir, shards, ignore=ignore_modalities, batch_size=batch_size,
+                                                  num_workers=num_workers, device=device)
+    emb.save(run_dir / EMBEDDINGS_FILE)
+    loss_cfg = config.get("loss", {}) or {}
+    notes: list[str] = []
+    for name in emb.modalities:
+        if not bool(emb.masks[name].any()):
+            notes.append(f"{name}: the model embeds it but no evaluated sample has it")
+    weights = _mitigation(model)
+    metrics: dict[str, Any] = {
+        "run": str(run_dir), "shards": str(shards), "num_samples": len(emb.keys),
+        "label_attribute": label_attribute,
+        "modalities": {m: int(emb.masks[m].sum()) for m in emb.modalities},
+        "ignored_modalities": ignored,
+        "decode_errors": _decode_errors(emb),
+        "anchor_identity": model.anchor.identity,
+        "loss": loss_cfg,
+        "native_loss_weights": weights,
+        "uses_mitigation": any(w > 0 for w in weights.values()),
+    }
+    _stage("retrieval")
+    metrics["retrieval"] = pair_retrieval(emb, loss_cfg, label_attribute=label_attribute, device=device, notes=notes)
+    metrics["baselines"], metrics["emergent_vs_direct"] = {}, {}
+    for base in baselines:
+        base_dir = Path(base)
+        _, base_cfg, base_emb, base_ignored = _load_and_embed(
+            # a baseline is a reference for the pairs it has: whatever else the shards carry is recorded
+            base_dir, shards, ignore=list(member_readers()), batch_size=batch_size, num_workers=num_workers,
+            device=device)
+        base_retrieval = pair_retrieval(base_emb, base_cfg.get("loss", {}) or {}, label_attribute=label_attribute,
+                                        device=device)
+        metrics["baselines"][str(base_dir)] = {"retrieval": base_retrieval, "ignored_modalities": base_ignored,
+                                               "decode_errors": _decode_errors(base_emb)}
+        for pair, block in compare_with_direct(metrics["retrieval"], base_retrieval, str(base_dir)).items():
+            metrics["emergent_vs_direct"].setdefault(pair, block)
+    _stage("zero-shot, arithmetic, group-wise structure")
+    metrics["zero_shot"] = zero_shot_section(model, emb, label_attribute=label_attribute, notes=notes)
+    metrics["arithmetic"] = arithmetic_section(emb, label_attribute=label_attribute, notes=notes)
+    metrics["groupwise"] = groupwise_section(emb, label_attribute=label_attribute, notes=notes)
+    _stage("modality gap and the shift experiment, alignment")
+    metrics["gap"], metrics["gap_shift"] = gap_section(emb, label_attribute=label_attribute, device=device,
+                                                       notes=notes)
+    metrics["alignment"] = alignment_section(emb, notes=notes)
+    del model
+    if checkpoint_samples > 0:
+        _stage(f"alignment across checkpoints ({checkpoint_samples} samples each)")
+        metrics["alignment_across_checkpoints"] = checkpoint_alignment(
+            run_dir, shards, max_samples=checkpoint_samples, batch_size=batch_size, num_workers=num_workers,
+            device=device, label_attribute=label_attribute)
+    else:
+        metrics["alignment_across_checkpoints"] = {}
+        notes.append("alignment_across_checkpoints: skipped (checkpoint_samples=0)")
+    _stage("visiocentrism probes")
+    metrics["visiocentrism"] = visiocentrism_section(emb, loss_cfg, notes=notes)
+    metrics["compare"] = {
+        str(other): _compare_block(Path(other), shards, batch_size=batch_size, num_workers=num_workers,
+                                   ignore_modalities=list(member_readers()), label_attribute=label_attribute,
+                                   device=device)
+        for other in compare
+    }
+    metrics["notes"] = notes
+    metrics["headline"] = headline(metrics)
+    metrics = _jsonable(metrics)
+    _write_json(run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """The handful of numbers the demo prints and the report's headline table starts from."""
+    out: dict[str, float | None] = {}
+    retrieval = metrics["retrieval"]
+    for kind in ("trained", "emergent"):
+        for pair, block in retrieval.items():
+            query, gallery = pair.split("->")
+            shown = gallery == "image" if kind == "trained" else query < gallery or query == "text"
+            if block["kind"] == kind and shown:
+                out[f"{kind} {pair} category R@1"] = block.get("category/R@1")
+    for pair, block in metrics.get("emergent_vs_direct", {}).items():
+        out[f"direct {pair} category R@1"] = block.get("direct/category/R@1")
+        out[f"emergent/direct {pair} category R@1"] = block.get("ratio/category/R@1")
+        out[f"chance {pair} category R@1"] = block.get("chance/category/R@1")
+    for name, block in metrics.get("zero_shot", {}).items():
+        if isinstance(block, dict):
+            out[f"zero-shot {name} acc@1"] = block.get("acc@1")
+    for name, block in metrics.get("gap", {}).items():
+        if name.startswith("image-"):
+            out[f"gap {name} centroid distance"] = block.get("centroid_distance")
+    for name, value in metrics.get("visiocentrism", {}).get("index", {}).items():
+        if value is not None:
+            out[f"visiocentrism index {name}"] = value
+    for run, block in metrics.get("compare", {}).items():
+        for name, value in block.get("visiocentrism_index", {}).items():
+            if value is not None:
+                out[f"visiocentrism index {name} ({Path(run).name})"] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anchorbind eval", description=__doc__.split("\n\n")[0],
+                                     epilog="metrics.json is documented in docs/metrics.md")
+    parser.add_argument("run_dir", type=Path, help="a training run's output_dir")
+    parser.add_argument("--shards", required=True, help="evaluation shards (directory, braces or URLs)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="RUN_DIR",
+                        help="a run evaluated on the same shards, e.g. trained with direct pairs (repeatable)")
+    parser.add_argument("--compare", action="append", default=[], metavar="RUN_DIR",
+                        help="a run whose visiocentrism is shown beside this one, e.g. with/without the "
+                             "mitigation objective (repeatable)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--max-samples", "--checkpoint-samples", dest="checkpoint_samples", type=int, default=300,
+                        help="samples embedded per checkpoint in the alignment-vs-retrieval sweep (0 skips it)")
+    parser.add_argument("--ignore-modality", action="append", default=[], metavar="NAME",
+                        help="a modality the shards carry but the model lacks, to leave out (repeatable)")
+    parser.add_argument("--label-attribute", default="category",
+                        help="the JSON attribute used as the category label (default: category)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        metrics = evaluate_run(args.run_dir, args.shards, baselines=args.baseline, compare=args.compare,
+                               batch_size=args.batch_size, num_workers=args.num_workers,
+                               checkpoint_samples=args.checkpoint_samples, ignore_modalities=args.ignore_modality,
+                               label_attribute=args.label_attribute, device=args.device)
+    except AnchorBindError as err:
+        print(f"anchorbind eval: error: {err}", file=sys.stderr)
+        return 2
+    width = max((len(k) for k in metrics["headline"]), default=10)
+    for key, value in metrics["headline"].items():
+        print(f"{key:<{width}}  {'-' if value is None else f'{value:.3f}':>8}")
+    for note in metrics["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {args.run_dir / METRICS_FILE}")
+    return 0

@@ -1,0 +1,317 @@
+"""``anchorbind report RUN_DIR``: ``report.md`` with tables and PNG figures from ``metrics.json``.
+
+Run ``anchorbind eval`` first; the report reads its ``metrics.json``, the stored embeddings and
+the run's ``train_log.csv``, so it needs no model and reruns in seconds. Figures go to
+``RUN_DIR/figures/`` and are linked relative to the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from anchorbind.errors import AnchorBindError, ConfigError
+from anchorbind.evaluation import figures
+from anchorbind.evaluation.evaluate import EMBEDDINGS_FILE, METRICS_FILE
+from anchorbind.evaluation.extract import EmbeddingSet
+from anchorbind.evaluation.schema import GROUP_ORDER
+
+__all__ = ["main", "write_report"]
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _count(value: Any) -> int | None:
+    """Counts are stored as floats by some metrics; show them as integers."""
+    return None if value is None else int(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+class _Figures:
+    """Writes figures into ``run_dir/figures`` and returns markdown links relative to the report."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.dir = run_dir / "figures"
+        self.dir.mkdir(exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def link(self, title: str, path: Path | None) -> str:
+        return f"![{title}]({path.relative_to(self.run_dir).as_posix()})\n" if path else ""
+
+
+def _headline(m: dict[str, Any], run_name: str) -> list[str]:
+    retrieval = m["retrieval"]
+    rows = []
+    for kind in ("trained", "emergent"):
+        for pair, b in sorted(retrieval.items()):
+            if b["kind"] == kind:
+                rows.append([kind, pair, b.get("category/R@1"), b.get("instance/R@1"), b.get("chance/category/R@1")])
+    for pair, b in sorted(m.get("emergent_vs_direct", {}).items()):
+        rows.append([f"direct ({Path(b['baseline']).name})", pair, b.get("direct/category/R@1"),
+                     b.get("direct/instance/R@1"), b.get("chance/category/R@1")])
+    parts = ["## Headline\n", "### Retrieval: trained vs emergent vs direct\n",
+             _table(["kind", "pair", "category R@1", "instance R@1", "chance category R@1"], rows)]
+    if m.get("emergent_vs_direct"):
+        parts.append(_table(["pair", "emergent ÷ direct (category R@1)", "(emergent − chance) ÷ (direct − chance)"],
+                            [[p, b.get("ratio/category/R@1"), b.get("ratio_above_chance/category/R@1")]
+                             for p, b in sorted(m["emergent_vs_direct"].items())]))
+    indices = {run_name: m.get("visiocentrism", {}).get("index", {})}
+    indices.update({Path(r).name: b.get("visiocentrism_index", {}) for r, b in m.get("compare", {}).items()})
+    modalities = list(m["modalities"])
+    header = ["modality", "zero-shot acc@1", "gap to image (centroid distance)", "true-pair cosine with image"]
+    header += [f"visiocentrism index ({run})" for run in indices]
+    rows = []
+    for name in modalities:
+        zero_shot = m.get("zero_shot", {}).get(name, {})
+        gap = m.get("gap", {}).get(f"image-{name}", {})
+        rows.append([name, zero_shot.get("acc@1"), gap.get("centroid_distance"), gap.get("mean_pair_cosine"),
+                     *(idx.get(name) for idx in indices.values())])
+    parts += ["### Per modality\n", _table(header, rows)]
+    return parts
+
+
+def _retrieval(m: dict[str, Any], figs: _Figures, emb: EmbeddingSet) -> list[str]:
+    rows = [[pair, b["kind"], b["num_pairs"], b.get("instance/R@1"), b.get("instance/R@5"), b.get("instance/R@10"),
+             b.get("instance/median_rank"), b.get("instance/mAP"), b.get("category/R@1"), b.get("category/R@5"),
+             b.get("category/mAP"), b.get("chance/category/R@1")]
+            for pair, b in sorted(m["retrieval"].items(), key=lambda kv: (kv[1]["kind"], kv[0]))]
+    direct = {p: r for base in m.get("baselines", {}).values() for p, r in base["retrieval"].items()
+              if r["kind"] == "direct"}
+    parts = ["## Retrieval\n",
+             "`trained`: a plugin bound to the anchor (image); `emergent`: two plugins never paired in training; "
+             "`direct`: a pair trained directly (baseline). Instance: the true match is the same sample; category: "
+             f"any gallery item with the query's `{m.get('label_attribute', 'category')}`.\n",
+             _table(["pair", "kind", "N", "inst R@1", "inst R@5", "inst R@10", "inst median rank", "inst mAP",
+                     "cat R@1", "cat R@5", "cat mAP", "chance cat R@1"], rows),
+             figs.link("retrieval", figures.retrieval_bars(m["retrieval"], figs.path("retrieval.png"), direct))]
+    for base, block in m.get("baselines", {}).items():
+        rows = [[pair, b["kind"], b.get("instance/R@1"), b.get("category/R@1"), b.get("chance/category/R@1")]
+                for pair, b in sorted(block["retrieval"].items())]
+        parts += [f"### Baseline `{Path(base).name}`\n",
+                  _table(["pair", "kind", "inst R@1", "cat R@1", "chance cat R@1"], rows)]
+    if m.get("emergent_vs_direct"):
+        rows = [[p, b.get("emergent/category/R@1"), b.get("direct/category/R@1"), b.get("chance/category/R@1"),
+                 b.get("ratio/category/R@1"), b.get("emergent/instance/R@1"), b.get("direct/instance/R@1"),
+                 b.get("chance/instance/R@1"), b.get("ratio/instance/R@1")]
+                for p, b in sorted(m["emergent_vs_direct"].items())]
+        parts += ["### Emergent vs direct\n", _table(
+            ["pair", "emergent cat R@1", "direct cat R@1", "chance cat R@1", "ratio", "emergent inst R@1",
+             "direct inst R@1", "chance inst R@1", "ratio"], rows)]
+    pairs = [(a, b) for a, b in (("text", "audio"), ("image", "audio"), ("image", "text"), ("image", "depth"))
+             if a in emb.modalities and b in emb.modalities]
+    if not pairs:
+        pairs = [("image", name) for name in emb.modalities if name != "image"][:3]
+    parts.append(figs.link("category centroid similarity", figures.similarity_matrices(
+        emb, pairs, figs.path("similarity.png"), label_attribute=m.get("label_attribute", "category"))))
+    return parts
+
+
+def _zero_shot_arithmetic_groupwise(m: dict[str, Any]) -> list[str]:
+    parts = []
+    if m.get("zero_shot"):
+        rows = [[name, b.get("acc@1"), b.get("acc@3"), b.get("chance"), _count(b.get("num_samples")),
+                 " / ".join(b["templates"])] for name, b in m["zero_shot"].items() if name != "classes"]
+        parts += ["## Zero-shot classification through text prompts\n",
+                  f"Classes: {', '.join(m['zero_shot']['classes'])}. Prompts per class are ensembled.\n",
+                  _table(["modality", "acc@1", "acc@3", "chance", "N", "templates"], rows)]
+    if m.get("arithmetic"):
+        rows = []
+        for plugin, per_attribute in m["arithmetic"].items():
+            for attribute, b in per_attribute.items():
+                for query in (f"image+{plugin}", "image", plugin):
+                    rows.append([f"image + {plugin}", attribute, query, b.get(f"{query}/acc@1"),
+                                 b.get(f"{query}/acc@5"), b.get(f"{query}/acc@10"), _count(b.get("num_queries"))])
+        parts += ["## Embedding arithmetic\n",
+                  "Query: image of scene *i* + the plugin input of scene *j* (another category). Hit: a retrieved "
+                  "image with *j*'s category **and** *i*'s value of the visual-only attribute. The single-modality "
+                  "queries use the same targets.\n",
+                  _table(["composition", "attribute kept from the image", "query", "acc@1", "acc@5", "acc@10",
+                          "queries"], rows)]
+    groupwise = m.get("groupwise", {})
+    if groupwise.get("stacked"):
+        s = groupwise["stacked"]
+        parts += ["## Group-wise structure\n",
+                  f"All modalities stacked ({', '.join(s['modalities'])}): k-means with as many clusters as classes.\n",
+                  _table(["V-measure vs class", "V-measure vs modality", "homogeneity", "completeness",
+                          "kNN accuracy (leave-one-out)"],
+                         [[s.get("kmeans/v_measure"), s.get("kmeans/v_measure_vs_modality"),
+                           s.get("kmeans/homogeneity"), s.get("kmeans/completeness"), s.get("knn/accuracy")]])]
+    if groupwise.get("linear_probe"):
+        parts += ["Linear probe of the label per modality (stratified cross-validation):\n",
+                  _table(["modality", "accuracy", "± std", "balanced accuracy", "chance", "folds"],
+                         [[n, b.get("accuracy"), b.get("accuracy_std"), b.get("balanced_accuracy"), b.get("chance"),
+                           _count(b.get("num_folds"))] for n, b in groupwise["linear_probe"].items()])]
+    return parts
+
+
+def _gap(m: dict[str, Any], figs: _Figures, emb: EmbeddingSet) -> list[str]:
+    if not m.get("gap"):
+        return []
+    rows = [[pair, b.get("centroid_distance"), b.get("centroid_angle_deg"), b.get("mean_pair_cosine"),
+             b.get("inter_similarity"), *(b.get(f"intra_similarity/{n}") for n in pair.split("-")),
+             b.get("linear_separability"), *(b.get(f"uniformity/{n}") for n in pair.split("-"))]
+            for pair, b in m["gap"].items()]
+    parts = ["## Modality gap\n",
+             "Centroid distance ‖mean(a) − mean(b)‖ and angle; true-pair cosine; mean cosine across (inter) and "
+             "within (intra) modalities; linear separability (held-out accuracy telling the two apart; 0.5 = "
+             "inseparable); uniformity (Wang & Isola, lower = more uniform).\n",
+             _table(["pair a-b", "centroid distance", "angle (°)", "true-pair cosine", "inter sim", "intra sim a",
+                     "intra sim b", "separability", "uniformity a", "uniformity b"], rows),
+             figs.link("gap projection", figures.gap_projection(emb, figs.path("gap_projection.png")))]
+    if m.get("gap_shift"):
+        parts += ["### Shift along the gap\n",
+                  "Each modality moved by λ · (target centroid − own centroid), re-normalised, and retrieval "
+                  "measured again.\n",
+                  figs.link("gap shift", figures.shift_curves(m["gap_shift"], figs.path("gap_shift.png")))]
+    return parts
+
+
+def _alignment(m: dict[str, Any], figs: _Figures) -> list[str]:
+    parts = []
+    if m.get("alignment"):
+        rows = []
+        for name, block in m["alignment"].items():
+            for comparison, scores in block.items():
+                if isinstance(scores, dict):
+                    rows.append([name, comparison, scores.get("mutual_knn@10"), scores.get("cka_linear"),
+                                 scores.get("cka_linear_unbiased"), scores.get("cknna@10")])
+        parts += ["## Alignment\n", _table(["modality / pair", "comparison", "mutual kNN@10", "CKA", "CKA (unbiased)",
+                                            "CKNNA@10"], rows)]
+    sweep = m.get("alignment_across_checkpoints", {})
+    if sweep.get("points"):
+        rows = [[group, measure, c.get("r"), c.get("p"), c.get("num_points"), c.get("undefined", "")]
+                for group, block in sweep["pearson"].items() for measure, c in block.items()]
+        parts += ["### Does alignment predict retrieval? (across checkpoints)\n",
+                  f"Each checkpoint embeds the first {sweep['max_samples']} evaluation samples; Pearson r between "
+                  "the alignment measure and plugin→image instance R@1, over all (checkpoint, plugin) points and "
+                  "per plugin.\n",
+                  _table(["points", "alignment measure", "Pearson r", "p", "n", "undefined because"], rows),
+                  figs.link("alignment vs retrieval", figures.alignment_scatter(
+                      sweep["points"], figs.path("alignment_vs_retrieval.png")))]
+    return parts
+
+
+def _visiocentrism(m: dict[str, Any], figs: _Figures, run_name: str) -> list[str]:
+    vis = m.get("visiocentrism", {})
+    if not vis.get("probes"):
+        return []
+    parts = ["## Visiocentrism\n",
+             "Cross-validated linear-probe accuracy of each ground-truth attribute the modality's input carries, "
+             "from the native trunk features and from the bound embedding. Relative loss = share of the native "
+             "features' above-chance accuracy that the bound embedding lost (clipped to [−1, 1]; undefined when "
+             "native is < 0.05 above chance). Index = mean relative loss on non-visual attributes − mean on "
+             "shared ones (> 0: binding to the image space loses non-visual information more).\n"]
+    runs = {run_name: (m.get("uses_mitigation"), vis.get("summary", {}))}
+    runs.update({Path(r).name: (b.get("uses_mitigation"), b.get("visiocentrism_summary", {}))
+                 for r, b in m.get("compare", {}).items()})
+    rows = []
+    for run, (mitigated, summary) in runs.items():
+        for name, s in summary.items():
+            rows.append([run, mitigated, name, s.get("index"),
+                         *(s.get(f"mean_relative_loss/{g}") for g in GROUP_ORDER),
+                         *(s.get(f"mean_bound_lift/{g}") for g in GROUP_ORDER)])
+    parts += [_table(["run", "mitigation", "modality", "index", *(f"rel. loss {g}" for g in GROUP_ORDER),
+                      *(f"bound − chance {g}" for g in GROUP_ORDER)], rows),
+              figs.link("visiocentrism index", figures.visiocentrism_bars(
+                  {run: {n: s.get("index") for n, s in summary.items()} for run, (_, summary) in runs.items()},
+                  figs.path("visiocentrism.png")))]
+    for name, probes in vis["probes"].items():
+        probed = {a: p for a, p in probes.items() if "native" in p}
+        if not probed:
+            continue
+        rows = [[a, p["group"], p["num_samples"], p["native"], p["bound"], p["chance"], p.get("relative_loss")]
+                for a, p in probed.items()]
+        not_carried = [a for a, p in probes.items() if not p.get("carried", True)]
+        parts += [f"### {name} (index {_fmt(vis['index'].get(name))})\n",
+                  _table(["attribute", "group", "N", "native", "bound", "chance", "relative loss"], rows),
+                  f"Not carried by {name} inputs (not probed): {', '.join(not_carried)}.\n" if not_carried else "",
+                  figs.link(f"probes {name}", figures.probe_bars(probed, f"What survives binding: {name}",
+                                                                 figs.path(f"probes_{name}.png")))]
+    for pair, block in vis.get("retrieval_by_attribute", {}).items():
+        if block["kind"] not in ("emergent", "direct"):
+            continue
+        rows = [[a, b["group"], b["R@1"], b["chance_R@1"], b["R@1"] - b["chance_R@1"], b["num_queries"]]
+                for a, b in block["attributes"].items()]
+        rows += [[f"**mean {g}**", g, b["mean_R@1"], None, b["mean_lift_over_chance"], None]
+                 for g, b in block["by_group"].items()]
+        parts += [f"### {pair} ({block['kind']}) retrieval by attribute\n",
+                  "Relevant = gallery items with the query's value of the attribute; only queries whose input "
+                  "carries it (for text: captions that state it).\n",
+                  _table(["attribute", "group", "R@1", "chance", "lift", "queries"], rows)]
+    return parts
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.md`` and ``run_dir/figures/*.png``; returns the report's path.
+
+    Raises:
+        ConfigError: ``run_dir`` has no ``metrics.json`` or no stored embeddings (run ``anchorbind eval``).
+    """
+    run_dir = Path(run_dir)
+    metrics_path, embeddings_path = run_dir / METRICS_FILE, run_dir / EMBEDDINGS_FILE
+    for path in (metrics_path, embeddings_path):
+        if not path.is_file():
+            raise ConfigError(f"{run_dir}: no {path.name}; run `anchorbind eval {run_dir} --shards ...` first")
+    m = json.loads(metrics_path.read_text())
+    emb = EmbeddingSet.load(embeddings_path)
+    figs = _Figures(run_dir)
+    run_name = run_dir.resolve().name
+    errors = m["decode_errors"]
+    parts = [f"# AnchorBind report: `{run_name}`\n",
+             f"Run `{m['run']}`, evaluated on `{m['shards']}`: {m['num_samples']} samples "
+             f"({', '.join(f'{k}: {v}' for k, v in m['modalities'].items())}); "
+             f"{errors['count']} decode errors"
+             + (f" ({', '.join(f'{k}: {v}' for k, v in errors['by_modality'].items())})" if errors["count"] else "")
+             + f". Anchor: `{m['anchor_identity']}`. Visiocentrism mitigation: {_fmt(m.get('uses_mitigation'))}"
+             f" (native loss weights {m.get('native_loss_weights', {})}).\n"]
+    if m.get("ignored_modalities"):
+        parts.append(f"Left out (the model has no plugin for them): {m['ignored_modalities']}.\n")
+    parts += _headline(m, run_name)
+    parts += _retrieval(m, figs, emb)
+    parts += _zero_shot_arithmetic_groupwise(m)
+    parts += _gap(m, figs, emb)
+    parts += _alignment(m, figs)
+    parts += _visiocentrism(m, figs, run_name)
+    parts += ["## Training\n", figs.link("training curves", figures.training_curves(
+        run_dir / "train_log.csv", figs.path("training_curves.png"))) or "No `train_log.csv` in the run.\n"]
+    if m.get("notes"):
+        parts += ["## Notes\n", "\n".join(f"- {note}" for note in m["notes"]) + "\n"]
+    report = run_dir / "report.md"
+    tmp = report.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(p for p in parts if p) + "\n")
+    os.replace(tmp, report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anchorbind report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a run evaluated with `anchorbind eval`")
+    args = parser.parse_args(argv)
+    try:
+        print(write_report(args.run_dir))
+    except AnchorBindError as err:
+        print(f"anchorbind report: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,143 @@
+"""The training run's configuration: dataclasses built from YAML, unknown keys refused.
+
+A YAML file mirrors :class:`TrainConfig` section by section (see ``configs/demo.yaml``);
+``--set optim.lr=3e-4`` style overrides are applied before validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anchorbind.config import apply_overrides, from_dict, load_yaml
+from anchorbind.errors import ConfigError
+from anchorbind.losses.gap_regularizers import GapRegularizerConfig
+from anchorbind.model import ModelConfig
+
+__all__ = ["DataConfig", "LossConfig", "OptimConfig", "TrainConfig", "load_train_config"]
+
+ANCHOR_SOURCES = ("auto", "cache", "live")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how they are batched.
+
+    Attributes:
+        train_shards: shard list for training: brace notation, a directory of ``.tar`` files, or
+            any URL webdataset reads (``pipe:``, http, object storage).
+        eval_shards: optional shards evaluated by ``anchorbind eval`` after training.
+        batch_size: samples per process per micro-step (the global batch is this x processes).
+        num_workers: loader worker processes per training process.
+        shuffle_buffer: sample shuffle buffer size.
+        anchor: ``cache`` reads stored anchor embeddings (``anchorbind cache``), ``live`` runs the
+            frozen anchor on decoded images, ``auto`` uses the cache when the shards carry one.
+    """
+
+    train_shards: str = ""
+    eval_shards: str | None = None
+    batch_size: int = 64
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    anchor: str = "auto"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a cosine schedule (weight decay skips norms, biases and logit scales)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    grad_accum_steps: int = 1
+    grad_clip_norm: float | None = 1.0
+
+
+@dataclass
+class LossConfig:
+    """The binding objective.
+
+    Attributes:
+        weights: per-modality weight of its InfoNCE term against the anchor (default 1).
+        direct_pairs: plugin-plugin pairs contrasted directly, e.g. ``[[text, audio]]``. Empty for
+            anchor-only binding; used to train the *direct* baseline that emergent retrieval is
+            compared against.
+        local_loss: compute logits for local rows only against gathered columns (memory linear in
+            the global batch), as open_clip's ``local_loss``.
+        gap: modality-gap regularisers and their weights.
+    """
+
+    weights: dict[str, float] = field(default_factory=dict)
+    direct_pairs: list[list[str]] = field(default_factory=list)
+    local_loss: bool = False
+    gap: GapRegularizerConfig = field(default_factory=GapRegularizerConfig)
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run.
+
+    Attributes:
+        steps: optimizer steps (each consumes ``grad_accum_steps`` micro-batches per process).
+        checkpoint_every: save a resumable checkpoint every this many steps (and at the end).
+        keep_checkpoints: how many of the newest checkpoints to keep.
+        mixed_precision: ``auto`` = bf16 on a GPU that supports it, else full precision.
+        compile: ``torch.compile`` the plugin trunks.
+        max_nonfinite_steps: stop with an error after this many consecutive non-finite losses.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    output_dir: str = "runs/anchorbind"
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    mixed_precision: str = "auto"
+    compile: bool = False
+    max_nonfinite_steps: int = 5
+
+    def validate(self) -> TrainConfig:
+        """Check values that types alone do not constrain; returns ``self``."""
+        problems = []
+        if not self.data.train_shards:
+            problems.append("data.train_shards is required")
+        if self.data.anchor not in ANCHOR_SOURCES:
+            problems.append(f"data.anchor must be one of {ANCHOR_SOURCES}, got {self.data.anchor!r}")
+        if self.mixed_precision not in PRECISIONS:
+            problems.append(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
+        if not self.model.modalities:
+            problems.append("model.modalities names no plugin to train")
+        for key, value in {
+            "steps": self.steps, "data.batch_size": self.data.batch_size, "log_every": self.log_every,
+            "checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints,
+            "optim.grad_accum_steps": self.optim.grad_accum_steps,
+            "max_nonfinite_steps": self.max_nonfinite_steps,
+        }.items():
+            if value < 1:
+                problems.append(f"{key} must be >= 1, got {value}")
+        known = set(self.model.modalities)
+        for name in self.loss.weights:
+            if name not in known:
+                problems.append(f"loss.weights names {name!r}, which is not in model.modalities {sorted(known)}")
+        for pair in self.loss.direct_pairs:
+            if len(pair) != 2 or not set(pair) <= known or pair[0] == pair[1]:
+                problems.append(f"loss.direct_pairs entry {pair} must be two different modalities of {sorted(known)}")
+        if problems:
+            raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
+        return self
+
+
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML training config, apply ``key=value`` overrides, validate it."""
+    data: dict[str, Any] = load_yaml(path) if path else {}
+    data = apply_overrides(data, overrides)
+    return from_dict(TrainConfig, data, where=str(path or "config")).validate()
