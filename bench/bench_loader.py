@@ -55,7 +55,7 @@ def main() -> None:
     from anchorbind.data.cache import build_anchor_cache, shards_have_anchor_cache
     from anchorbind.data.loader import build_loader
     from anchorbind.data.shardlist import expand_shards, iter_shard
-    from anchorbind.registry import create_plugin
+    from anchorbind.registry import create_processor
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=Path, help="shards to read (default: generate a temporary world)")
@@ -76,9 +76,9 @@ def main() -> None:
             shards = work / "world" / "train"
             write_world_shards(work / "world", train=args.make_world, test=0, seed=0, shard_size=128, workers=2)
         anchor = FrozenAnchor(cfg["anchor"])
-        processors = {"image": anchor}
+        processors = {"image": anchor.processor}  # processors only: no model reaches the workers
         for name, plugin_cfg in cfg["modalities"].items():
-            processors[name] = create_plugin(name, plugin_cfg or {}, embed_dim=anchor.embed_dim)
+            processors[name] = create_processor(name, plugin_cfg or {})
 
         result: dict = {"cpu_count": os.cpu_count(), "workers": args.workers, "batch_size": args.batch_size,
                         "modalities": sorted(processors)}

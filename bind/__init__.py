@@ -3,22 +3,28 @@
 Public API::
 
     from anchorbind import BindModel, create_plugin, list_modalities, register_modality
+    from anchorbind import Processor, create_processor      # reading/batching only, no model
 """
 
 from anchorbind.errors import AnchorBindError, ConfigError, InputError, UnknownModalityError
 from anchorbind.plugin import ModalityPlugin, PluginConfig
-from anchorbind.registry import create_plugin, get_plugin_class, list_modalities, register_modality
+from anchorbind.processor import Processor
+from anchorbind.registry import create_plugin, create_processor, get_plugin_class, list_modalities, register_modality
 
 __all__ = [
     "AnchorBindError",
     "BindModel",
     "ConfigError",
     "FrozenAnchor",
+    "ImageProcessor",
     "InputError",
     "ModalityPlugin",
     "PluginConfig",
+    "Processor",
     "UnknownModalityError",
+    "create_image_processor",
     "create_plugin",
+    "create_processor",
     "get_plugin_class",
     "list_modalities",
     "register_modality",
@@ -26,7 +32,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # BindModel and FrozenAnchor pull in timm; import them on first use only.
+    # BindModel, FrozenAnchor and the image processor pull in timm; import them on first use only.
     if name == "BindModel":
         from anchorbind.model import BindModel
 
@@ -35,4 +41,8 @@ def __getattr__(name: str):
         from anchorbind.anchor import FrozenAnchor
 
         return FrozenAnchor
+    if name in ("ImageProcessor", "create_image_processor"):
+        from anchorbind import image_processor
+
+        return getattr(image_processor, name)
     raise AttributeError(f"module 'bind' has no attribute {name!r}")

@@ -3,6 +3,12 @@
 Each subcommand lives beside the code it drives and owns its own argparse parser, so adding a
 command is one line here and the library never sees an ``argparse.Namespace``. Modules are
 imported only when their command runs, so ``anchorbind --help`` is instant.
+
+One error convention for every command (:func:`anchorbind.errors.run_command`): a user mistake — any
+:class:`~anchorbind.errors.AnchorBindError`, or a file that is missing or unreadable — prints one
+line naming the input and the reason and exits 2 (usage, config) or 1 (data). A traceback is
+shown only with ``--debug`` (anywhere on the command line) or ``ANCHORBIND_DEBUG=1``; anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from anchorbind.errors import DEBUG_ENV, DEBUG_FLAG, run_command
+
 __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -20,10 +28,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("anchorbind.pipelines.world.cli:main", "generate the procedural multimodal world as WebDataset shards"),
     "shards": ("anchorbind.pipelines.shards.cli:main", "convert a folder or CSV/JSONL manifest into WebDataset shards"),
     "cache": ("anchorbind.data.cache:main", "store the frozen anchor's embeddings with every sample"),
-    "train": ("anchorbind.train.loop:main", "train modality plugins against the anchor (works under accelerate launch)"),
-    "eval": ("anchorbind.evaluation.evaluate:main", "retrieval, emergent retrieval, zero-shot, gap, alignment, visiocentrism"),
+    "train": ("anchorbind.train.loop:main", "train plugins against the anchor (also under accelerate launch)"),
+    "eval": ("anchorbind.evaluation.evaluate:main", "retrieval (trained, emergent, direct), zero-shot, gap, alignment, "
+             "visiocentrism"),
     "report": ("anchorbind.evaluation.report:main", "write report.md with figures from a run's metrics"),
     "demo": ("anchorbind.pipelines.demo:main", "the whole pipeline offline on CPU: world, cache, train, eval, report"),
+    "config": ("anchorbind.commands:config_main", "list the packaged configs, or print one to start your own"),
+    "check-plugin": ("anchorbind.contract:main", "run the plugin contract checks against an installed modality plugin"),
 }
 
 
@@ -31,6 +42,7 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: anchorbind COMMAND [options]   (anchorbind COMMAND --help for each)", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", f"errors are one line; {DEBUG_FLAG} (or {DEBUG_ENV}=1) shows the traceback"]
     return "\n".join(lines)
 
 
@@ -53,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module_name, func_name = COMMANDS[command][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    result = func(rest)
-    return int(result or 0)
+    return run_command(f"anchorbind {command}", func, rest)
 
 
 if __name__ == "__main__":

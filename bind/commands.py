@@ -1,4 +1,4 @@
-"""Small ``anchorbind`` subcommands: ``modalities`` (what is installed) and ``embed``."""
+"""Small ``anchorbind`` subcommands: ``modalities`` (what is installed), ``config`` and ``embed``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["embed_main", "modalities_main"]
+__all__ = ["config_main", "embed_main", "modalities_main"]
 
 
 def modalities_main(argv: Sequence[str] | None = None) -> int:
@@ -39,12 +39,41 @@ def modalities_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def config_main(argv: Sequence[str] | None = None) -> int:
+    """``anchorbind config list | show NAME | path NAME``: the configs shipped in the package.
+
+    ``anchorbind config show demo > my.yaml`` starts a config of your own; ``--config NAME`` of
+    ``anchorbind train`` (and ``accelerate launch -m anchorbind.train``) takes the same names.
+    """
+    description = (config_main.__doc__ or "").split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="anchorbind config", description=description)
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="names of the packaged configs")
+    for action, help_ in (("show", "print a packaged config (YAML, with its comments)"),
+                          ("path", "print the file a name resolves to")):
+        sub.add_parser(action, help=help_).add_argument("name", help="a packaged config name, e.g. demo, base")
+    args = parser.parse_args(argv)
+
+    from anchorbind.config import packaged_config_names, resolve_config
+
+    if args.action == "list":
+        for name in packaged_config_names():
+            print(name)
+        return 0
+    path = resolve_config(args.name)
+    if args.action == "path":
+        print(path)
+    else:
+        sys.stdout.write(path.read_text())
+    return 0
+
+
 def embed_main(argv: Sequence[str] | None = None) -> int:
     """``anchorbind embed MODEL_DIR --modality M FILES... --out emb.safetensors``."""
     parser = argparse.ArgumentParser(prog="anchorbind embed", description="Embed files with a saved BindModel.")
     parser.add_argument("model_dir", type=Path, help="a directory written by BindModel.save_pretrained")
     parser.add_argument("--modality", required=True, help="image, or a plugin modality of the model")
-    parser.add_argument("inputs", nargs="+", help="input files (for text: the texts themselves)")
+    parser.add_argument("inputs", nargs="+", help="input files (an encodes_text plugin: the strings themselves)")
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors (embeddings + order)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)

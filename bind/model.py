@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from anchorbind.anchor import AnchorConfig, FrozenAnchor
 from anchorbind.config import config_to_dict, from_dict
-from anchorbind.errors import ConfigError, UnknownModalityError
-from anchorbind.plugin import ModalityPlugin, move_to_device
+from anchorbind.errors import ConfigError, ModelFileError, UnknownModalityError
+from anchorbind.plugin import ModalityPlugin
+from anchorbind.processor import Processor, move_to_device
 from anchorbind.registry import ANCHOR_MODALITY, create_plugin, list_modalities
 
 __all__ = ["BindModel", "ModelConfig"]
@@ -98,8 +100,19 @@ class BindModel(nn.Module):
             f"(registered plugins: {list_modalities()})"
         )
 
-    def processor(self, name: str) -> FrozenAnchor | ModalityPlugin:
-        """Whatever loads, collates and encodes ``name``: the anchor for ``image``, else its plugin."""
+    def processor(self, name: str) -> Processor:
+        """What reads and collates ``name``: the anchor's ImageProcessor for ``image``, else the plugin's.
+
+        A :class:`~anchorbind.processor.Processor` holds no model, so it is what data loaders
+        (and their worker processes) get; encode its batches with :meth:`encoder`.
+        """
+        return self.encoder(name).processor
+
+    def encoder(self, name: str) -> FrozenAnchor | ModalityPlugin:
+        """The module that embeds ``name``'s batches: the anchor for ``image``, else its plugin.
+
+        It has ``forward`` (embeddings) and ``forward_with_features`` (native features too).
+        """
         return self.anchor if name == ANCHOR_MODALITY else self.plugin(name)
 
     # ------------------------------------------------------------------ inference
@@ -109,7 +122,7 @@ class BindModel(nn.Module):
 
     def encode(self, modality: str, batch: Any) -> torch.Tensor:
         """Embed an already collated batch of one modality."""
-        return self.processor(modality)(move_to_device(batch, self.device))
+        return self.encoder(modality)(move_to_device(batch, self.device))
 
     def embed(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Embed raw inputs (lists of paths/bytes/arrays/strings) or collated batches.
@@ -123,8 +136,7 @@ class BindModel(nn.Module):
         """
         out: dict[str, torch.Tensor] = {}
         for name, value in inputs.items():
-            processor = self.processor(name)
-            batch = processor.load_batch(list(value)) if isinstance(value, (list, tuple)) else value
+            batch = self.processor(name).load_batch(list(value)) if isinstance(value, (list, tuple)) else value
             out[name] = self.encode(name, batch)
         return out
 
@@ -222,26 +234,51 @@ class BindModel(nn.Module):
     def from_pretrained(
         cls, directory: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
     ) -> BindModel:
-        """Rebuild a model saved by :meth:`save_pretrained`; nothing is unpickled."""
+        """Rebuild a model saved by :meth:`save_pretrained`; nothing is unpickled.
+
+        Raises:
+            ModelFileError: naming the path: the folder or a file is missing or unreadable,
+                ``config.json`` is not JSON or not an AnchorBind config, the safetensors file is
+                corrupt, or its tensors do not match the config (missing, unexpected, mis-shaped).
+            ConfigError: the saved config itself is invalid (unknown key or value).
+        """
         directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelFileError(f"{directory}: no such model folder")
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
-            raise ConfigError(f"{directory}: not a saved BindModel (no {CONFIG_NAME})")
-        meta = json.loads(config_path.read_text())
-        if meta.get("format") != "anchorbind":
-            raise ConfigError(f"{config_path}: not an AnchorBind config (format={meta.get('format')!r})")
+            raise ModelFileError(f"{directory}: not a saved BindModel (no {CONFIG_NAME})")
+        try:
+            meta = json.loads(config_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelFileError(f"{config_path}: unreadable config ({err})") from err
+        if not isinstance(meta, dict) or meta.get("format") != "anchorbind":
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ModelFileError(f"{config_path}: not an AnchorBind config (format={found!r})")
+        if "anchor" not in meta or "modalities" not in meta:
+            raise ModelFileError(f"{config_path}: missing 'anchor' or 'modalities'")
         model = cls.from_config({"anchor": meta["anchor"], "modalities": meta["modalities"]})
         if model.anchor.identity != meta.get("anchor_identity"):
-            raise ConfigError(
+            raise ModelFileError(
                 f"{directory}: saved with anchor {meta.get('anchor_identity')} but its config now builds "
                 f"{model.anchor.identity}; the weights would not match"
             )
-        state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
-        expected = model.trainable_state_dict().keys()
-        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        weights_path = directory / WEIGHTS_NAME
+        if not weights_path.is_file():
+            raise ModelFileError(f"{weights_path}: missing weights file")
+        try:
+            state = load_file(str(weights_path), device=str(map_location))
+        except (OSError, SafetensorError) as err:
+            raise ModelFileError(f"{weights_path}: unreadable safetensors file ({err})") from err
+        expected = model.trainable_state_dict()
+        missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
         if missing or unexpected:
-            raise ConfigError(
-                f"{directory}: weights do not match the config (missing {missing}, unexpected {unexpected})"
+            raise ModelFileError(
+                f"{weights_path}: weights do not match the config (missing {missing}, unexpected {unexpected})"
             )
+        mis_shaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                      if tuple(state[k].shape) != tuple(v.shape)]
+        if mis_shaped:
+            raise ModelFileError(f"{weights_path}: tensors of the wrong shape for the config: {', '.join(mis_shaped)}")
         model.load_state_dict(state, strict=False)
         return model.to(map_location)

@@ -1,10 +1,17 @@
 """The modality plugin contract.
 
 A plugin turns one kind of raw input (a path, bytes, an array, a string) into an embedding in
-the frozen anchor's space. It owns everything modality-specific: reading and checking raw
-inputs, batching, the trunk, the projection head, the logit scale and an optional *native*
-objective that does not pass through the anchor (the visiocentrism mitigation). The core
-(`bind/`) only ever talks to this interface, so a new modality is one folder and zero core edits.
+the frozen anchor's space. It owns everything modality-specific, in two parts:
+
+- its :class:`~anchorbind.processor.Processor` (``Plugin.Processor``): reading and checking raw
+  inputs, preprocessing and batching. Built from the config alone, no weights, picklable: this
+  is what data loader workers and file converters get;
+- the plugin itself (an ``nn.Module``): the trunk, the projection head, the logit scale and an
+  optional *native* objective that does not pass through the anchor (the visiocentrism
+  mitigation).
+
+The core (`bind/`) only ever talks to these two interfaces, so a new modality is one folder and
+zero core edits.
 
 A minimal plugin::
 
@@ -12,15 +19,20 @@ A minimal plugin::
     class ImuConfig(PluginConfig):
         channels: int = 6
 
+    class ImuProcessor(Processor):
+        def load(self, source, *, train=False): ...
+        def collate(self, samples): ...
+
     class ImuPlugin(ModalityPlugin):
         name = "imu"
         Config = ImuConfig
+        Processor = ImuProcessor
         sample_keys = ("imu.npy",)
 
         def build_trunk(self) -> tuple[nn.Module, int]: ...
-        def load(self, source, *, train=False): ...
-        def collate(self, samples): ...
         def forward_features(self, batch): ...
+
+    ImuPlugin.create_processor({"channels": 6})   # only the processor: no model is built
 
 and register it with ``@register_modality`` or an entry point in the group
 ``anchorbind.modalities``.
@@ -32,21 +44,16 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from anchorbind.config import config_to_dict, from_dict
-from anchorbind.errors import InputError
 from anchorbind.heads import LogitScale, ProjectionHead, l2_normalize
+from anchorbind.processor import InputSource, Processor, move_to_device, read_bytes
 
-__all__ = ["InputSource", "ModalityPlugin", "PluginConfig", "move_to_device", "read_bytes"]
-
-InputSource = str | Path | bytes | np.ndarray | torch.Tensor
-"""What ``ModalityPlugin.load`` accepts: a path, raw file bytes, or an array (per plugin)."""
+__all__ = ["InputSource", "ModalityPlugin", "PluginConfig", "Processor", "move_to_device", "read_bytes"]
 
 
 @dataclass
@@ -71,19 +78,27 @@ class PluginConfig:
 class ModalityPlugin(nn.Module, ABC):
     """Base class of every modality: raw input -> preprocessed sample -> batch -> embedding.
 
-    Subclasses set the class attributes, implement :meth:`build_trunk`, :meth:`load`,
-    :meth:`collate` and :meth:`forward_features`, and may override :meth:`forward` (e.g. to
-    average several clips) and :meth:`native_loss`.
+    Subclasses set the class attributes (``Processor`` among them: reading and batching live in
+    a separate, model-free :class:`~anchorbind.processor.Processor`), implement
+    :meth:`build_trunk` and :meth:`forward_features`, and may override :meth:`forward` (e.g. to
+    average several clips) and :meth:`native_loss`. :meth:`load`, :meth:`collate`,
+    :meth:`load_batch` and :meth:`batch_size` delegate to ``self.processor``, for convenience.
 
     Class attributes:
         name: the registry name (also the key of its embeddings and of its loss terms).
         Config: the plugin's config dataclass (a subclass of :class:`PluginConfig`).
+        Processor: the plugin's :class:`~anchorbind.processor.Processor` subclass (required),
+            built by :meth:`create_processor` from a config alone.
         sample_keys: WebDataset keys (file extensions) holding this modality in a shard, in
             order of preference, e.g. ``("flac", "wav")``.
+
+    Attributes:
+        processor: this plugin's processor, built from the same config.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[PluginConfig]] = PluginConfig
+    Processor: ClassVar[type[Processor]]
     sample_keys: ClassVar[tuple[str, ...]] = ()
 
     # What the core needs to know about a modality, declared here so that ``anchorbind`` never
@@ -95,8 +110,10 @@ class ModalityPlugin(nn.Module, ABC):
     """Zero-shot prompt templates (one ``{}`` for the class name) that name this modality, e.g.
     ``("a {}.", "the sound of a {}.")``; the text plugin embeds them to classify this modality."""
     perceives: ClassVar[tuple[str, ...]] = ()
-    """Observability groups (the values of a sample's ``observability`` JSON, e.g. ``"audio"``)
-    that this modality's inputs carry besides what is visible, for data without ``carried_by``."""
+    """Observability groups (the values of a sample's ``observability`` JSON, e.g. ``"audio"``, or
+    ``"visual"`` for another view of the scene such as a depth map) that this modality's inputs
+    carry, for data without ``carried_by``: an attribute is carried when its observability is
+    ``"both"`` (shared) or one of these. Empty = not declared: every attribute counts as carried."""
 
     @classmethod
     def example_inputs(cls) -> list[Any]:
@@ -112,11 +129,34 @@ class ModalityPlugin(nn.Module, ABC):
         """Raw inputs that :meth:`load` must refuse with an :class:`~anchorbind.errors.InputError`."""
         return [b"", object()]
 
+    @classmethod
+    def create_processor(cls, config: PluginConfig | Mapping[str, Any] | None = None) -> Processor:
+        """This modality's processor for ``config``, without building any model.
+
+        The config is validated exactly as the plugin's own ``__init__`` does (unknown keys and
+        bad values are :class:`~anchorbind.errors.ConfigError`), so a processor and a plugin
+        built from one config always agree.
+
+        Raises:
+            TypeError: the class sets no ``Processor`` (a plugin written for the old contract).
+        """
+        processor_cls = getattr(cls, "Processor", None)
+        if not (isinstance(processor_cls, type) and issubclass(processor_cls, Processor)):
+            raise TypeError(
+                f"{cls.__module__}.{cls.__qualname__} must set the class attribute Processor to a subclass "
+                "of anchorbind.processor.Processor (its load/collate), got "
+                f"{processor_cls!r}"
+            )
+        if not isinstance(config, cls.Config):
+            config = from_dict(cls.Config, config, where=f"modalities.{cls.name}")
+        return processor_cls(config, modality=cls.name, sample_keys=tuple(cls.sample_keys))
+
     def __init__(self, config: PluginConfig | Mapping[str, Any] | None = None, *, embed_dim: int) -> None:
         super().__init__()
         if not isinstance(config, self.Config):
             config = from_dict(self.Config, config, where=f"modalities.{self.name}")
         self.config = config
+        self.processor: Processor = type(self).create_processor(config)
         self.embed_dim = int(embed_dim)
         trunk, trunk_dim = self.build_trunk()
         self.trunk = trunk
@@ -130,18 +170,6 @@ class ModalityPlugin(nn.Module, ABC):
     @abstractmethod
     def build_trunk(self) -> tuple[nn.Module, int]:
         """Build the trunk and return it with the width of its pooled features."""
-
-    @abstractmethod
-    def load(self, source: InputSource, *, train: bool = False) -> Any:
-        """Read and preprocess one raw input into a model-ready sample.
-
-        ``train`` enables stochastic preprocessing (random crops, random clips). Invalid input
-        raises :class:`~anchorbind.errors.InputError` naming the input and the reason.
-        """
-
-    @abstractmethod
-    def collate(self, samples: Sequence[Any]) -> Any:
-        """Batch samples returned by :meth:`load` (a tensor or a dict of tensors)."""
 
     @abstractmethod
     def forward_features(self, batch: Any) -> torch.Tensor:
@@ -169,49 +197,30 @@ class ModalityPlugin(nn.Module, ABC):
         return None
 
     def input_description(self) -> str:
-        """What :meth:`load` accepts, for docs and ``anchorbind modalities``."""
-        return (self.__doc__ or self.name).strip().splitlines()[0]
+        """What :meth:`load` accepts, for docs and ``anchorbind modalities`` (the processor's)."""
+        return self.processor.input_description()
 
     def config_dict(self) -> dict[str, Any]:
         return config_to_dict(self.config)
 
+    # ----------------------------------------------------------------- inputs: the processor's
+    def load(self, source: InputSource, *, train: bool = False) -> Any:
+        """``self.processor.load(source, train=train)``: one raw input -> a model-ready sample."""
+        return self.processor.load(source, train=train)
+
+    def collate(self, samples: Sequence[Any]) -> Any:
+        """``self.processor.collate(samples)``: samples from :meth:`load` -> a batch."""
+        return self.processor.collate(samples)
+
     def load_batch(self, sources: Sequence[InputSource], *, train: bool = False) -> Any:
-        """``collate([load(s) for s in sources])``."""
-        return self.collate([self.load(s, train=train) for s in sources])
+        """``self.processor.load_batch(sources, train=train)``."""
+        return self.processor.load_batch(sources, train=train)
 
     def batch_size(self, batch: Any) -> int:
-        """The number of samples in a collated batch."""
-        if isinstance(batch, torch.Tensor):
-            return batch.shape[0]
-        if isinstance(batch, Mapping):
-            return self.batch_size(next(iter(batch.values())))
-        return len(batch)
+        """``self.processor.batch_size(batch)``: the number of samples in a collated batch."""
+        return self.processor.batch_size(batch)
 
     @classmethod
     def config_fields(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls.Config)]
 
-
-def move_to_device(batch: Any, device: torch.device | str) -> Any:
-    """Move a tensor, or a (nested) dict/list of tensors, to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
-    return batch
-
-
-def read_bytes(source: str | Path | bytes, modality: str) -> bytes:
-    """The bytes of a path or bytes input; an unreadable file is an :class:`InputError`."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except OSError as err:
-            raise InputError(source, f"unreadable file ({err.strerror or err})", modality) from None
-    if not data:
-        raise InputError(source, "empty file", modality)
-    return data

@@ -71,7 +71,7 @@ def _train_run(name: str, cfg: DemoConfig, overrides: list[str]) -> Path:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage; returns the headline numbers."""
     from anchorbind.data.cache import build_anchor_cache
-    from anchorbind.evaluation.evaluate import evaluate_run
+    from anchorbind.evaluation.evaluate import EvalConfig, evaluate_run
     from anchorbind.evaluation.report import write_report
     from anchorbind.pipelines.shards.world import write_world_shards
 
@@ -98,10 +98,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     test = str(world / "test")
     _log("evaluating the mitigated run (visiocentrism only)")
-    evaluate_run(mitigated, test, checkpoint_samples=0, num_workers=cfg.workers)
+    evaluate_run(mitigated, test, EvalConfig(checkpoint_samples=0, num_workers=cfg.workers))
     _log("evaluating the bound run against the direct baseline and the mitigated run")
-    metrics = evaluate_run(bound, test, baselines=[direct], compare=[mitigated],
-                           checkpoint_samples=cfg.checkpoint_samples, num_workers=cfg.workers)
+    metrics = evaluate_run(bound, test, EvalConfig(baselines=(direct,), compare=(mitigated,),
+                                                   checkpoint_samples=cfg.checkpoint_samples, num_workers=cfg.workers))
     report = write_report(bound)
     headline = metrics.get("headline", {})
     _log(f"done in {(time.perf_counter() - started) / 60:.1f} min")

@@ -24,6 +24,7 @@ from anchorbind.data.cache import (
 from anchorbind.data.loader import AnchorCacheMismatch, build_loader
 from anchorbind.data.shardlist import iter_shard
 from tests.conftest import REPO, free_port, subprocess_env
+from tests.data_utils import anchor as data_anchor
 from tests.data_utils import processors
 
 ANCHOR = {"weights": "packaged", "image_size": 64}
@@ -31,7 +32,7 @@ ANCHOR = {"weights": "packaged", "image_size": 64}
 
 @pytest.fixture(scope="module")
 def anchor() -> FrozenAnchor:
-    return processors()["image"]  # the packaged anchor at 64 px, as ANCHOR describes
+    return data_anchor()  # the packaged anchor at 64 px, as ANCHOR describes
 
 
 @pytest.fixture

@@ -13,11 +13,12 @@ from tests.conftest import REPO, subprocess_env
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_resumes(tmp_path):
+    """From a directory outside the checkout: the demo uses the packaged config."""
     out = tmp_path / "demo"
-    command = [sys.executable, "-m", "anchorbind.cli", "demo", "--out", str(out), "--train-scenes", "96",
+    command = [sys.executable, "-m", "anchorbind", "demo", "--out", str(out), "--train-scenes", "96",
                "--test-scenes", "64", "--steps", "4", "--workers", "1"]
     env = subprocess_env(OMP_NUM_THREADS="2")
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     for run in ("bind", "direct", "bind_mitigated"):
         assert (out / run / "model" / "config.json").is_file(), run
@@ -37,6 +38,6 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert "emergent_over_direct" in json.loads(bench.stdout)
 
     # rerunning skips every finished stage
-    again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stdout.count("already trained, skipping") == 3

@@ -54,11 +54,12 @@ def test_composed_query_beats_single_modalities_and_matches_brute_force():
         audios,
         gallery,
         image_targets=image_targets,
-        audio_targets=audio_targets,
+        other_targets=audio_targets,
         gallery_image_attribute=gallery_scene,
-        gallery_audio_attribute=gallery_sound,
+        gallery_other_attribute=gallery_sound,
         ks=(1, 3),
         chunk_size=2,
+        other_name="audio",
     )
     assert result["image+audio/acc@1"] == 1.0
     assert result["image/acc@1"] == 0.0 and result["audio/acc@1"] == 0.0
@@ -78,18 +79,29 @@ def test_queries_without_a_matching_item_are_counted_and_excluded():
         audios,
         gallery[keep],
         image_targets=image_targets,
-        audio_targets=audio_targets,
+        other_targets=audio_targets,
         gallery_image_attribute=gallery_scene[keep],
-        gallery_audio_attribute=gallery_sound[keep],
+        gallery_other_attribute=gallery_sound[keep],
         ks=(1,),
     )
     assert result["num_queries"] == 8 and result["num_queries_without_match"] == 1
-    assert result["image+audio/acc@1"] == 1.0
+    assert result["image+other/acc@1"] == 1.0  # the second modality is called "other" unless named
+    assert set(result) == {"image+other/acc@1", "image/acc@1", "other/acc@1", "num_queries",
+                           "num_queries_without_match"}
+
+
+def test_other_name_must_not_collide_with_the_image_keys():
+    images, audios, gallery, image_targets, audio_targets, gallery_scene, gallery_sound = build_world()
+    for bad in ("", "image", "a/b"):
+        with pytest.raises(ValueError, match="other_name"):
+            embedding_arithmetic(images, audios, gallery, image_targets=image_targets, other_targets=audio_targets,
+                                 gallery_image_attribute=gallery_scene, gallery_other_attribute=gallery_sound,
+                                 ks=(1,), other_name=bad)
 
 
 def test_combine_embeddings_is_the_normalised_weighted_sum():
     images, audios, *_ = build_world()
-    torch.testing.assert_close(combine_embeddings(images, audios, audio_weight=0.5), F.normalize(images + 0.5 * audios))
+    torch.testing.assert_close(combine_embeddings(images, audios, other_weight=0.5), F.normalize(images + 0.5 * audios))
     with pytest.raises(InputError, match="cancels"):
         combine_embeddings(images[:1], -images[:1])
     with pytest.raises(InputError, match="does not match"):

@@ -1,4 +1,4 @@
-"""anchorbind.losses.gap_regularizers: each formula against a brute-force loop, and short trainings that show its effect."""
+"""anchorbind.losses.gap_regularizers: each formula against a brute-force loop; short trainings show its effect."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""anchorbind.losses.binding: InfoNCE against a brute-force reference, BindingLoss terms, masks, and a real 2-process run."""
+"""anchorbind.losses.binding: InfoNCE against a brute-force reference, loss terms, masks, a real 2-process run."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from anchorbind.errors import ConfigError, UnknownModalityError
+from anchorbind.errors import ConfigError, ModelFileError, UnknownModalityError
 from anchorbind.model import BindModel
 from tests.conftest import REPO, subprocess_env
 
@@ -83,8 +83,10 @@ def test_unknown_modality_and_config_errors(model):
 
 
 def test_from_pretrained_refuses_non_models(tmp_path):
-    with pytest.raises(ConfigError, match="not a saved BindModel"):
+    with pytest.raises(ModelFileError, match="not a saved BindModel"):
         BindModel.from_pretrained(tmp_path)
+    with pytest.raises(ModelFileError, match="no such model folder"):
+        BindModel.from_pretrained(tmp_path / "missing")
 
 
 @pytest.mark.slow

@@ -191,6 +191,28 @@ def test_installed_plugin_passes_the_contract_suite(imu_site):
     assert "skipped" not in done.stdout.splitlines()[-1], done.stdout
 
 
+def test_check_plugin_command_passes_the_installed_plugin(imu_site, tmp_path):
+    """``anchorbind check-plugin imu``: the shipped contract kit, run against the entry point."""
+    done = subprocess.run([sys.executable, "-m", "anchorbind", "check-plugin", "imu"], env=subprocess_env(imu_site),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("PASS ", "FAIL "))]
+    assert len(lines) >= 10 and all(line.startswith("PASS ") for line in lines), done.stdout
+    assert "imu: all" in done.stdout.splitlines()[-1], done.stdout
+
+
+def test_example_package_runs_the_contract_kit_in_its_own_tests(imu_site, tmp_path):
+    """The example's ``tests/test_contract.py`` (``assert_plugin_contract("imu")``), run by pytest like its author."""
+    tests = imu_site.parent / "src" / "tests" / "test_contract.py"  # the fixture's copy of the example
+    assert tests.is_file(), f"{EXAMPLE / 'tests' / 'test_contract.py'} is missing"
+    # cwd outside the copy, so `anchorbind_imu` can only come from the installed site
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+                          env=subprocess_env(imu_site), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert "passed" in summary and "skipped" not in summary and "failed" not in summary, done.stdout
+
+
 def test_anchorbind_train_trains_the_installed_plugin(imu_site, tmp_path):
     """The real trainer (``python -m anchorbind.train``) binds the out-of-tree modality to the anchor."""
     import io

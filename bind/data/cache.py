@@ -19,7 +19,7 @@ differs from the training run's anchor. Safety and resumption:
 
 Example::
 
-    anchorbind cache data/train --anchor-config configs/demo.yaml
+    anchorbind cache data/train --anchor-config demo
     accelerate launch --num_processes 2 -m anchorbind.cli cache data/train/*.tar
 """
 
@@ -143,20 +143,21 @@ def _chunks(samples: Iterable[dict[str, Any]], size: int) -> Iterable[list[dict[
 def _add_embeddings(anchor: FrozenAnchor, chunk: list[dict[str, Any]], device: torch.device, path: Path,
                     report: CacheReport) -> int:
     """Embed the chunk's images in one forward pass and add the two members; returns how many."""
+    processor = anchor.processor
     images, rows = [], []
     for row, sample in enumerate(chunk):
-        member = next((k for k in anchor.sample_keys if k in sample), None)
+        member = next((k for k in processor.sample_keys if k in sample), None)
         if member is None:
             continue
         try:
-            images.append(anchor.load(sample[member]))
+            images.append(processor.load(sample[member]))
             rows.append(row)
         except InputError as err:
             report.failures.append({"shard": str(path), "key": sample["__key__"], "reason": err.reason})
     if not images:
         return 0
     with torch.inference_mode():
-        embeddings = anchor(anchor.collate(images).to(device)).float().cpu().numpy().astype(np.float16)
+        embeddings = anchor(processor.collate(images).to(device)).float().cpu().numpy().astype(np.float16)
     for row, vector in zip(rows, embeddings, strict=True):
         chunk[row][ANCHOR_KEY] = _npy_bytes(vector)
         chunk[row][ANCHOR_ID_KEY] = anchor.identity.encode("utf-8")
@@ -301,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     progress=not args.no_progress and (accelerator is None
                                                                        or accelerator.is_local_main_process))
     except (ConfigError, FileNotFoundError) as err:
-        print(f"anchorbind cache: {err}", file=sys.stderr)
+        print(f"anchorbind cache: error: {err}", file=sys.stderr)
         return 2
     summary = {"process": process, "written": len(report.written),
                "skipped": len(report.skipped), "samples": report.samples, **{

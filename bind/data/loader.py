@@ -102,6 +102,17 @@ def _single_thread_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def _processor_of(name: str, obj: Any) -> Any:
+    """``obj`` itself, or an encoder's ``processor``: workers must not get (pickle, copy) a model."""
+    if not isinstance(obj, torch.nn.Module):
+        return obj
+    processor = getattr(obj, "processor", None)
+    if processor is None or isinstance(processor, torch.nn.Module):
+        raise TypeError(f"build_loader: processors[{name!r}] is a model ({type(obj).__name__}) without a "
+                        "model-free .processor; pass a Processor (BindModel.processor(name))")
+    return processor
+
+
 def build_loader(
     shards: str | Path | Sequence[str | Path],
     processors: Mapping[str, Any],
@@ -122,9 +133,12 @@ def build_loader(
     Args:
         shards: a shard spec (brace notation, ``::`` lists, a directory of ``.tar``, a glob, any
             URL webdataset opens) or a list of them; see :func:`anchorbind.data.shardlist.expand_shards`.
-        processors: ``{modality: object with sample_keys, load(source, train=), collate(list)}``:
-            the plugins, and the anchor under ``image``. Each modality is decoded from the first
-            of its ``sample_keys`` present in a sample.
+        processors: ``{modality: processor}``: objects with ``sample_keys``, ``load(source, train=)``
+            and ``collate(list)``, normally :class:`~anchorbind.processor.Processor` s
+            (``BindModel.processor(m)``; the anchor's ImageProcessor under ``image``). Each
+            modality is decoded from the first of its ``sample_keys`` present in a sample. An
+            encoder (a plugin or the anchor, an ``nn.Module`` with a ``processor``) is replaced by
+            its processor, so worker processes never receive a copy of a model.
         train: the training pipeline (shuffled, whole batches, augmenting ``load(train=True)``)
             or the evaluation pipeline (every sample once, in a fixed order).
         batch_size: samples per batch, per process.
@@ -159,6 +173,7 @@ def build_loader(
         raise ValueError("resampled=True is for training; evaluation must read every sample exactly once")
     if use_anchor_cache and not anchor_identity:
         raise ValueError("use_anchor_cache=True needs the anchor_identity the cache must match")
+    processors = {name: _processor_of(name, p) for name, p in processors.items()}
     urls = expand_shards(shards)
     rank, world_size = rank_and_world()
     errors = ErrorLog(max_consecutive=MAX_CONSECUTIVE_FAILURES if resampled else None)

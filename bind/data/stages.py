@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from anchorbind.anchor import FrozenAnchor
 from anchorbind.errors import AnchorBindError, InputError
+from anchorbind.image_processor import IMAGE_SAMPLE_KEYS
 
 __all__ = [
     "ANCHOR_ID_KEY",
@@ -215,7 +215,7 @@ def _read_anchor_cache(sample: Mapping[str, Any], out: dict[str, Any], identity:
     """Put the cached embedding in ``out["anchor"]``; returns 1 if the sample should have one."""
     key, url = sample.get("__key__"), sample.get("__url__")
     if ANCHOR_KEY not in sample:
-        if not any(k in sample for k in FrozenAnchor.sample_keys):
+        if not any(k in sample for k in IMAGE_SAMPLE_KEYS):
             return 0  # no image, so no embedding to expect
         reason = "no cached anchor embedding (the image failed when caching, or the shard was never cached)"
     else:

@@ -5,7 +5,8 @@ category. A retrieved image is a *hit* when it shows scene *j*'s category (from 
 input) **and** keeps scene *i*'s value of a visual-only attribute A (colour, background, ...;
 only the image could have contributed it). The same targets queried with the image alone or
 the plugin input alone are the baselines the sum must beat: the image alone finds A but not the
-category, the audio alone the category but not A.
+category, the plugin input (e.g. the audio) alone the category but not A. Results are keyed by the
+plugin's own name (``image+<plugin>/acc@k``, ``<plugin>/acc@k``).
 
 Scoring is :func:`anchorbind.metrics.embedding_arithmetic`; this module picks the scene pairs and the
 targets from the data.
@@ -86,22 +87,17 @@ def arithmetic_section(emb: EmbeddingSet, *, label_attribute: str = "category", 
                                  f"whose {plugin} input does not carry {attribute} (need {MIN_QUERIES})")
                 continue
             try:
-                result = embedding_arithmetic(
+                result: dict[str, Any] = embedding_arithmetic(
                     emb.embeddings[ANCHOR_MODALITY][rows[alone]], emb.embeddings[plugin][rows[partners[alone]]],
-                    gallery, image_targets=values[alone], audio_targets=category[partners[alone]],
-                    gallery_image_attribute=values, gallery_audio_attribute=category, ks=ks,
+                    gallery, image_targets=values[alone], other_targets=category[partners[alone]],
+                    gallery_image_attribute=values, gallery_other_attribute=category, ks=ks, other_name=plugin,
                 )
             except InputError as err:  # no (attribute, category) target occurs in this gallery
                 if notes is not None:
                     notes.append(f"arithmetic image+{plugin} {attribute}: skipped, {err.reason}")
                 continue
-            # the metric names its second query modality "audio"; name the plugin actually used
-            renamed: dict[str, Any] = {
-                key.replace("audio", plugin, 1) if key.split("/")[0] in ("audio", "image+audio") else key: value
-                for key, value in result.items()
-            }
-            renamed["rule"] = HIT_RULE.format(label=label_attribute, attribute=attribute)
-            per_attribute[attribute] = renamed
+            result["rule"] = HIT_RULE.format(label=label_attribute, attribute=attribute)
+            per_attribute[attribute] = result
         if per_attribute:
             out[plugin] = per_attribute
     return out

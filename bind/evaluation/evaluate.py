@@ -5,9 +5,10 @@
 
 Sections (every key is documented in ``docs/metrics.md``): retrieval for every ordered modality
 pair labelled trained / emergent / direct, the emergent-vs-direct comparison with chance levels,
-zero-shot classification through text prompts, embedding arithmetic scored against the ground
-truth, group-wise structure, the modality gap and the shift experiment, alignment (also across
-checkpoints, against retrieval) and visiocentrism. The embeddings are stored beside the metrics
+zero-shot classification through prompts (embedded by the plugin that encodes text),
+embedding arithmetic scored against the ground truth, group-wise structure, the modality gap
+and the shift experiment, alignment (also across checkpoints, against retrieval) and
+visiocentrism. The embeddings are stored beside the metrics
 (``embeddings_test.safetensors``) so that ``anchorbind report`` needs no model.
 """
 
@@ -20,6 +21,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from anchorbind.errors import AnchorBindError, ConfigError, InputError
+from anchorbind.errors import ConfigError, InputError
 from anchorbind.evaluation.alignment import alignment_section
 from anchorbind.evaluation.arithmetic import arithmetic_section
 from anchorbind.evaluation.checkpoint_alignment import checkpoint_alignment
@@ -39,8 +41,9 @@ from anchorbind.evaluation.shard_check import check_shards, member_readers
 from anchorbind.evaluation.visiocentrism import visiocentrism_section
 from anchorbind.evaluation.zeroshot import zero_shot_section
 from anchorbind.model import BindModel
+from anchorbind.registry import ANCHOR_MODALITY, text_modalities
 
-__all__ = ["EMBEDDINGS_FILE", "METRICS_FILE", "evaluate_run", "headline", "main"]
+__all__ = ["EMBEDDINGS_FILE", "METRICS_FILE", "EvalConfig", "evaluate_run", "headline", "main"]
 
 EMBEDDINGS_FILE = "embeddings_test.safetensors"
 METRICS_FILE = "metrics.json"
@@ -108,12 +111,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _compare_block(other_dir: Path, shards: str, **kwargs: Any) -> dict[str, Any]:
+def _compare_block(other_dir: Path, shards: str, config: EvalConfig) -> dict[str, Any]:
     """Visiocentrism of another run on the same shards (evaluated now unless it already was)."""
     path = other_dir / METRICS_FILE
     data = json.loads(path.read_text()) if path.is_file() else {}
     if data.get("shards") != str(shards) or "visiocentrism" not in data:
-        data = evaluate_run(other_dir, shards, checkpoint_samples=0, **kwargs)
+        data = evaluate_run(other_dir, shards, replace(config, baselines=(), compare=(), checkpoint_samples=0,
+                                                        ignore_modalities=tuple(member_readers())))
     vis = data.get("visiocentrism", {})
     return {
         "native_loss_weights": data.get("native_loss_weights", {}),
@@ -124,35 +128,52 @@ def _compare_block(other_dir: Path, shards: str, **kwargs: Any) -> dict[str, Any
     }
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    shards: str,
-    *,
-    baselines: Sequence[str | Path] = (),
-    compare: Sequence[str | Path] = (),
-    batch_size: int = 128,
-    num_workers: int = 2,
-    checkpoint_samples: int = 300,
-    ignore_modalities: Sequence[str] = (),
-    label_attribute: str = "category",
-    device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``run_dir`` on ``shards``; writes ``metrics.json`` and the embeddings, returns the metrics.
+@dataclass(frozen=True)
+class EvalConfig:
+    """How ``anchorbind eval`` runs: what to compare against, how to load, where to compute.
 
-    Args:
-        run_dir: a training run (``model/``, ``config.yaml``, ``checkpoints/``, ``train_log.csv``).
-        shards: evaluation shards (directory, brace notation or URLs).
+    Attributes:
         baselines: runs evaluated on the same shards whose pairs are reported under ``baselines``;
             a pair they trained directly is compared with the same pair emergent here.
         compare: runs whose visiocentrism is shown beside this run's (e.g. with and without the
             mitigation objective); evaluated first when they have no metrics for these shards.
         batch_size: loader batch size.
-        num_workers: loader worker processes.
+        num_workers: loader worker processes (0: load in the main process).
         checkpoint_samples: samples embedded per checkpoint for alignment vs retrieval across
             checkpoints (0 skips the sweep).
         ignore_modalities: modalities the shards carry that the model may lack without error.
         label_attribute: the JSON attribute used as the category label.
-        device: where models run and similarities are computed (``auto``/None: CUDA if present).
+        device: where models run and similarities are computed (``auto``: CUDA if present).
+    """
+
+    baselines: tuple[str, ...] = ()
+    compare: tuple[str, ...] = ()
+    batch_size: int = 128
+    num_workers: int = 2
+    checkpoint_samples: int = 300
+    ignore_modalities: tuple[str, ...] = ()
+    label_attribute: str = "category"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("baselines", "compare", "ignore_modalities"):
+            object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
+        problems = [f"{key} must be >= {low}, got {value}" for key, value, low in (
+            ("batch_size", self.batch_size, 1), ("num_workers", self.num_workers, 0),
+            ("checkpoint_samples", self.checkpoint_samples, 0)) if value < low]
+        if not self.label_attribute:
+            problems.append("label_attribute must not be empty")
+        if problems:
+            raise ConfigError("invalid evaluation config: " + "; ".join(problems))
+
+
+def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = None) -> dict[str, Any]:
+    """Evaluate ``run_dir`` on ``shards``; writes ``metrics.json`` and the embeddings, returns the metrics.
+
+    Args:
+        run_dir: a training run (``model/``, ``config.yaml``, ``checkpoints/``, ``train_log.csv``).
+        shards: evaluation shards (directory, brace notation or URLs).
+        config: how to evaluate (:class:`EvalConfig`; defaults when None).
 
     Returns:
         The content of ``metrics.json``.
@@ -162,6 +183,10 @@ def evaluate_run(
         InputError: the shards name nothing, hold no readable sample, or carry a modality the
             model has no plugin for (unless listed in ``ignore_modalities``).
     """
+    config = config or EvalConfig()
+    baselines, compare = config.baselines, config.compare
+    batch_size, num_workers, checkpoint_samples = config.batch_size, config.num_workers, config.checkpoint_samples
+    ignore_modalities, label_attribute, device = config.ignore_modalities, config.label_attribute, config.device
     run_dir = Path(run_dir)
     device = _resolve_device(device)
     model, config, emb, ignored = _load_and_embed(run_dir, shards, ignore=ignore_modalities, batch_size=batch_size,
@@ -219,26 +244,32 @@ def evaluate_run(
     _stage("visiocentrism probes")
     metrics["visiocentrism"] = visiocentrism_section(emb, loss_cfg, notes=notes)
     metrics["compare"] = {
-        str(other): _compare_block(Path(other), shards, batch_size=batch_size, num_workers=num_workers,
-                                   ignore_modalities=list(member_readers()), label_attribute=label_attribute,
-                                   device=device)
+        str(other): _compare_block(Path(other), shards, config)
         for other in compare
     }
     metrics["notes"] = notes
-    metrics["headline"] = headline(metrics)
+    metrics["headline"] = headline(metrics, text_queries=text_modalities(emb.modalities))
     metrics = _jsonable(metrics)
     _write_json(run_dir / METRICS_FILE, metrics)
     return metrics
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
-    """The handful of numbers the demo prints and the report's headline table starts from."""
+def headline(metrics: dict[str, Any], *, text_queries: Sequence[str] | None = None) -> dict[str, float | None]:
+    """The handful of numbers the demo prints and the report's headline table starts from.
+
+    Trained pairs are shown towards the anchor; an emergent pair in one direction (alphabetical),
+    and in both when the query is a modality that ``encodes_text`` (``text_queries``; found from
+    the installed plugins of ``metrics["modalities"]`` when None), since retrieval by caption is
+    the use case.
+    """
     out: dict[str, float | None] = {}
     retrieval = metrics["retrieval"]
+    if text_queries is None:
+        text_queries = text_modalities(metrics.get("modalities", {}))
     for kind in ("trained", "emergent"):
         for pair, block in retrieval.items():
             query, gallery = pair.split("->")
-            shown = gallery == "image" if kind == "trained" else query < gallery or query == "text"
+            shown = gallery == ANCHOR_MODALITY if kind == "trained" else query < gallery or query in text_queries
             if block["kind"] == kind and shown:
                 out[f"{kind} {pair} category R@1"] = block.get("category/R@1")
     for pair, block in metrics.get("emergent_vs_direct", {}).items():
@@ -249,7 +280,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
         if isinstance(block, dict):
             out[f"zero-shot {name} acc@1"] = block.get("acc@1")
     for name, block in metrics.get("gap", {}).items():
-        if name.startswith("image-"):
+        if name.startswith(f"{ANCHOR_MODALITY}-"):
             out[f"gap {name} centroid distance"] = block.get("centroid_distance")
     for name, value in metrics.get("visiocentrism", {}).get("index", {}).items():
         if value is not None:
@@ -284,15 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``anchorbind eval``; errors follow the CLI convention (:func:`anchorbind.errors.run_command`)."""
     args = build_parser().parse_args(argv)
-    try:
-        metrics = evaluate_run(args.run_dir, args.shards, baselines=args.baseline, compare=args.compare,
-                               batch_size=args.batch_size, num_workers=args.num_workers,
-                               checkpoint_samples=args.checkpoint_samples, ignore_modalities=args.ignore_modality,
-                               label_attribute=args.label_attribute, device=args.device)
-    except AnchorBindError as err:
-        print(f"anchorbind eval: error: {err}", file=sys.stderr)
-        return 2
+    config = EvalConfig(baselines=args.baseline, compare=args.compare, batch_size=args.batch_size,
+                        num_workers=args.num_workers, checkpoint_samples=args.checkpoint_samples,
+                        ignore_modalities=args.ignore_modality, label_attribute=args.label_attribute,
+                        device=args.device)
+    metrics = evaluate_run(args.run_dir, args.shards, config)
     width = max((len(k) for k in metrics["headline"]), default=10)
     for key, value in metrics["headline"].items():
         print(f"{key:<{width}}  {'-' if value is None else f'{value:.3f}':>8}")

@@ -103,7 +103,7 @@ def extract_embeddings(
     first ones, in the loader's deterministic order).
     """
     model.eval()
-    processors = {name: model.processor(name) for name in model.modalities}
+    processors = {name: model.processor(name) for name in model.modalities}  # no model: what workers get
     loader = build_loader(shards, processors, train=False, batch_size=batch_size, num_workers=num_workers)
     keys: list[str] = []
     meta: list[dict[str, Any] | None] = []
@@ -119,14 +119,14 @@ def extract_embeddings(
         meta.extend(batch.get("json") or [None] * size)
         errors.extend(batch.get("errors", ()))
         for name in model.modalities:
-            processor = model.processor(name)
+            encoder = model.encoder(name)
             mask = batch["mask"][name].bool() if name in batch else torch.zeros(size, dtype=torch.bool)
-            fwidth = processor.embed_dim if name == ANCHOR_MODALITY else processor.trunk_dim
+            fwidth = encoder.embed_dim if name == ANCHOR_MODALITY else encoder.trunk_dim
             full_e, full_f = torch.zeros(size, model.embed_dim), torch.zeros(size, fwidth)
             if mask.any():
                 inputs = move_to_device(batch[name], model.device)
                 idx = mask.nonzero().squeeze(1)
-                features, embeddings = processor.forward_with_features(inputs)
+                features, embeddings = encoder.forward_with_features(inputs)
                 full_f.index_copy_(0, idx, features.float().cpu())
                 full_e.index_copy_(0, idx, embeddings.float().cpu())
             chunks[name]["emb"].append(full_e)

@@ -11,18 +11,22 @@ import argparse
 import json
 import math
 import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from anchorbind.errors import AnchorBindError, ConfigError
+from anchorbind.errors import ConfigError
 from anchorbind.evaluation import figures
 from anchorbind.evaluation.evaluate import EMBEDDINGS_FILE, METRICS_FILE
 from anchorbind.evaluation.extract import EmbeddingSet
 from anchorbind.evaluation.schema import GROUP_ORDER
+from anchorbind.registry import ANCHOR_MODALITY, caption_modality, text_modalities
 
-__all__ = ["main", "write_report"]
+__all__ = ["main", "similarity_pairs", "write_report"]
+
+MAX_SIMILARITY_PANELS = 4
+PLUGIN_PAIR_KINDS = ("emergent", "direct")
 
 
 def _fmt(value: Any) -> str:
@@ -92,6 +96,29 @@ def _headline(m: dict[str, Any], run_name: str) -> list[str]:
     return parts
 
 
+def similarity_pairs(modalities: Sequence[str], retrieval: Mapping[str, Mapping[str, Any]],
+                     max_panels: int = MAX_SIMILARITY_PANELS) -> list[tuple[str, str]]:
+    """The (row, column) modality pairs of the centroid-similarity figure, derived from the run.
+
+    Plugin pairs (emergent or direct: what binding to the anchor bridges) come first, then every
+    anchor pair (the plugins' trained pairs), at most ``max_panels`` in all: the plugin pairs get
+    the panels the anchor pairs leave, at least one. A modality that ``encodes_text`` is the row
+    of its pairs and its plugin pairs come first (retrieval by caption is the use case); ties
+    keep the run's order of modalities.
+    """
+    present = [name for name in modalities if name != ANCHOR_MODALITY]
+    captions = text_modalities(present)
+    order = {name: (name not in captions, i) for i, name in enumerate(present)}
+    kinds = {tuple(pair.split("->")): block.get("kind") for pair, block in retrieval.items()}
+    plugin_pairs = []
+    for a, b in combinations(sorted(present, key=order.__getitem__), 2):
+        if kinds.get((a, b)) in PLUGIN_PAIR_KINDS or kinds.get((b, a)) in PLUGIN_PAIR_KINDS:
+            plugin_pairs.append((a, b))
+    anchor_pairs = [(ANCHOR_MODALITY, name) for name in present] if ANCHOR_MODALITY in modalities else []
+    keep = max(1, max_panels - len(anchor_pairs))
+    return (plugin_pairs[:keep] + anchor_pairs)[:max_panels]
+
+
 def _retrieval(m: dict[str, Any], figs: _Figures, emb: EmbeddingSet) -> list[str]:
     rows = [[pair, b["kind"], b["num_pairs"], b.get("instance/R@1"), b.get("instance/R@5"), b.get("instance/R@10"),
              b.get("instance/median_rank"), b.get("instance/mAP"), b.get("category/R@1"), b.get("category/R@5"),
@@ -119,10 +146,7 @@ def _retrieval(m: dict[str, Any], figs: _Figures, emb: EmbeddingSet) -> list[str
         parts += ["### Emergent vs direct\n", _table(
             ["pair", "emergent cat R@1", "direct cat R@1", "chance cat R@1", "ratio", "emergent inst R@1",
              "direct inst R@1", "chance inst R@1", "ratio"], rows)]
-    pairs = [(a, b) for a, b in (("text", "audio"), ("image", "audio"), ("image", "text"), ("image", "depth"))
-             if a in emb.modalities and b in emb.modalities]
-    if not pairs:
-        pairs = [("image", name) for name in emb.modalities if name != "image"][:3]
+    pairs = similarity_pairs(emb.modalities, m["retrieval"])
     parts.append(figs.link("category centroid similarity", figures.similarity_matrices(
         emb, pairs, figs.path("similarity.png"), label_attribute=m.get("label_attribute", "category"))))
     return parts
@@ -133,7 +157,9 @@ def _zero_shot_arithmetic_groupwise(m: dict[str, Any]) -> list[str]:
     if m.get("zero_shot"):
         rows = [[name, b.get("acc@1"), b.get("acc@3"), b.get("chance"), _count(b.get("num_samples")),
                  " / ".join(b["templates"])] for name, b in m["zero_shot"].items() if name != "classes"]
-        parts += ["## Zero-shot classification through text prompts\n",
+        caption = caption_modality(m.get("modalities", {}))
+        through = f"through `{caption}` prompts" if caption else "through prompts"
+        parts += [f"## Zero-shot classification {through}\n",
                   f"Classes: {', '.join(m['zero_shot']['classes'])}. Prompts per class are ensembled.\n",
                   _table(["modality", "acc@1", "acc@3", "chance", "N", "templates"], rows)]
     if m.get("arithmetic"):
@@ -258,7 +284,7 @@ def _visiocentrism(m: dict[str, Any], figs: _Figures, run_name: str) -> list[str
                  for g, b in block["by_group"].items()]
         parts += [f"### {pair} ({block['kind']}) retrieval by attribute\n",
                   "Relevant = gallery items with the query's value of the attribute; only queries whose input "
-                  "carries it (for text: captions that state it).\n",
+                  "carries it (a caption carries what it states).\n",
                   _table(["attribute", "group", "R@1", "chance", "lift", "queries"], rows)]
     return parts
 
@@ -309,9 +335,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anchorbind report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run evaluated with `anchorbind eval`")
     args = parser.parse_args(argv)
-    try:
-        print(write_report(args.run_dir))
-    except AnchorBindError as err:
-        print(f"anchorbind report: error: {err}", file=sys.stderr)
-        return 2
+    print(write_report(args.run_dir))  # errors: the CLI convention (anchorbind.errors.run_command)
     return 0

@@ -11,6 +11,11 @@ The keys read from each sample's ``json`` member:
 * ``carried_by`` (optional): ``{name: [modality, ...]}`` — which of the sample's files carry it
   (finer than observability: a depth map shows shape but not colour);
 * ``caption_states`` (optional): ``{name: bool}`` — whether *this* sample's caption states it.
+
+Which modality carries which attribute (:func:`carried_mask`) is decided from the data first and
+from what the plugins declare second, never from a modality's name: ``caption_states`` holds
+for every plugin that ``encodes_text``; ``carried_by`` for every modality; without them, the
+attribute's ``observability`` against the plugin's ``perceives`` (see :func:`perceived_groups`).
 """
 
 from __future__ import annotations
@@ -20,20 +25,25 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CAPTION_MODALITY", "GROUP_ORDER", "attribute_groups", "attribute_labels", "carried_mask",
-           "observability_group"]
+from anchorbind.registry import ANCHOR_MODALITY, plugin_class_or_none
 
-CAPTION_MODALITY = "text"
-"""The modality whose input is the caption: what it carries is ``caption_states``, per sample."""
+__all__ = ["ANCHOR_PERCEIVES", "GROUP_ORDER", "SHARED_OBSERVABILITY", "attribute_groups", "attribute_labels",
+           "carried_mask", "observability_group", "perceived_groups"]
 
 GROUP_ORDER = ("shared", "visual-only", "non-visual")
+
+VISUAL_OBSERVABILITY = "visual"
+SHARED_OBSERVABILITY = "both"
+"""The observability value of an attribute every modality perceives (seen and heard)."""
+ANCHOR_PERCEIVES: tuple[str, ...] = (VISUAL_OBSERVABILITY,)
+"""What the anchor (image) perceives: what is visible."""
 
 
 def observability_group(observability: str) -> str:
     """``shared`` (seen and heard), ``visual-only`` or ``non-visual`` (not visible at all)."""
-    if observability == "both":
+    if observability == SHARED_OBSERVABILITY:
         return "shared"
-    if observability == "visual":
+    if observability == VISUAL_OBSERVABILITY:
         return "visual-only"
     return "non-visual"
 
@@ -59,21 +69,47 @@ def attribute_labels(meta: Sequence[Mapping[str, Any] | None], rows: Sequence[in
     return np.array(values, dtype=str)
 
 
+def perceived_groups(modality: str) -> tuple[str, ...] | None:
+    """The observability values ``modality``'s inputs carry, or None when it declares none.
+
+    The anchor perceives what is visible (``visual``); a plugin, its ``perceives`` class
+    attribute (e.g. ``("audio",)``, or ``("visual",)`` for another view of the scene). An attribute
+    observable by ``both`` is shared: every modality that declares anything carries it. None
+    (a plugin that declares nothing, or one not installed) means nothing is known: such a
+    modality counts as carrying every attribute.
+    """
+    if modality == ANCHOR_MODALITY:
+        return ANCHOR_PERCEIVES
+    cls = plugin_class_or_none(modality)
+    perceives = tuple(cls.perceives) if cls is not None else ()
+    return perceives or None
+
+
 def carried_mask(meta: Sequence[Mapping[str, Any] | None], rows: Sequence[int] | np.ndarray, modality: str,
                  attribute: str) -> np.ndarray:
     """Whether ``modality``'s input of each row carries ``attribute``.
 
-    The caption carries what it states (``caption_states``); other modalities carry what
-    ``carried_by`` lists for them. A record without that information counts as carrying it
-    (nothing known to the contrary), so data without the keys is probed on every attribute.
+    In order, per record: a plugin that ``encodes_text`` reads the caption, which carries what it
+    states (``caption_states``); any modality carries what ``carried_by`` lists for it; without
+    those keys, a modality carries the attributes whose ``observability`` it perceives (``both``,
+    or a value in :func:`perceived_groups`). A record without any of that information, or a
+    modality that declares nothing, counts as carrying it (nothing known to the contrary), so
+    data without the keys is probed on every attribute.
     """
+    cls = plugin_class_or_none(modality)
+    reads_captions = cls is not None and cls.encodes_text
+    perceived = perceived_groups(modality)
     out = []
     for i in np.asarray(rows, dtype=int).tolist():
         record = meta[i] or {}
-        if modality == CAPTION_MODALITY and isinstance(record.get("caption_states"), Mapping):
+        observability = record.get("observability")
+        if reads_captions and isinstance(record.get("caption_states"), Mapping):
             out.append(bool(record["caption_states"].get(attribute, False)))
         elif isinstance(record.get("carried_by"), Mapping) and attribute in record["carried_by"]:
             out.append(modality in record["carried_by"][attribute])
+        elif perceived is not None and isinstance(observability, Mapping) and attribute in observability:
+            seen_by = str(observability[attribute])
+            out.append(seen_by == SHARED_OBSERVABILITY or seen_by in perceived)
         else:
             out.append(True)
     return np.array(out, dtype=bool)

@@ -13,9 +13,9 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from anchorbind.anchor import FrozenAnchor
 from anchorbind.data.shardlist import expand_shards
 from anchorbind.errors import AnchorBindError, InputError
+from anchorbind.image_processor import IMAGE_SAMPLE_KEYS
 from anchorbind.registry import ANCHOR_MODALITY, get_plugin_class, list_modalities
 
 __all__ = ["check_shards", "member_readers", "shard_modalities"]
@@ -26,7 +26,7 @@ _BASE_PLUS_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 def member_readers() -> dict[str, tuple[str, ...]]:
     """``{modality: member extensions it reads}`` for the anchor and every plugin that loads."""
-    readers = {ANCHOR_MODALITY: tuple(FrozenAnchor.sample_keys)}
+    readers = {ANCHOR_MODALITY: tuple(IMAGE_SAMPLE_KEYS)}
     for name in list_modalities():
         try:
             readers[name] = tuple(get_plugin_class(name).sample_keys)

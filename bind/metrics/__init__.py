@@ -1,7 +1,9 @@
 """Evaluation metrics for bound embedding spaces: pure functions on tensors and arrays.
 
 Nothing here loads a model or reads files; callers embed their data first and pass
-``(N, D)`` matrices (torch tensors or numpy arrays). Modules, one job each:
+``(N, D)`` matrices (torch tensors or numpy arrays). Run-level sections that call these live in
+:mod:`anchorbind.evaluation`, some under the same module name (the same concept one level up).
+Modules, one job each:
 
 * :mod:`~anchorbind.metrics.retrieval` -- cross-modal retrieval R@k, median rank, mAP (chunked, bounded memory)
 * :mod:`~anchorbind.metrics.zeroshot` -- zero-shot classification through text prompts (CLIP ensembling)
@@ -10,6 +12,7 @@ Nothing here loads a model or reads files; callers embed their data first and pa
 * :mod:`~anchorbind.metrics.alignment` -- mutual k-NN, linear CKA, CKNNA between representations
 * :mod:`~anchorbind.metrics.groupwise` -- k-means V-measure and k-NN accuracy on stacked modalities
 * :mod:`~anchorbind.metrics.probe` -- linear probes (standardised logistic regression)
+* :mod:`~anchorbind.metrics.checks` -- input checks every metric shares (shapes, NaN, norms, labels)
 """
 
 from anchorbind.metrics.alignment import (
@@ -51,8 +54,8 @@ from anchorbind.metrics.retrieval import (
     target_ranks,
 )
 from anchorbind.metrics.zeroshot import (
+    ANCHOR_TEMPLATES,
     DEFAULT_TEMPLATES,
-    MODALITY_TEMPLATES,
     build_prompts,
     zero_shot_accuracy,
     zero_shot_classifier,
@@ -60,8 +63,8 @@ from anchorbind.metrics.zeroshot import (
 )
 
 __all__ = [
+    "ANCHOR_TEMPLATES",
     "DEFAULT_TEMPLATES",
-    "MODALITY_TEMPLATES",
     "CategoryRanking",
     "StackedEmbeddings",
     "alignment_metrics",

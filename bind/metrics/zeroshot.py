@@ -13,7 +13,7 @@ Text encoding itself (a model) is the caller's job; these functions take its out
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,29 +31,23 @@ from anchorbind.metrics.checks import (
 from anchorbind.metrics.retrieval import _TARGET_RANK_BYTES, _target_ranks
 
 __all__ = [
+    "ANCHOR_TEMPLATES",
     "DEFAULT_TEMPLATES",
-    "MODALITY_TEMPLATES",
     "build_prompts",
     "zero_shot_accuracy",
     "zero_shot_classifier",
     "zero_shot_predict",
 ]
 
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a {}.",
-    "a photo of a {}.",
-    "the sound of a {}.",
-    "a depth map of a {}.",
-)
-"""Modality-neutral template set: one generic prompt plus one per built-in modality."""
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a {}.",)
+"""Modality-neutral template set: the one prompt that names no modality.
 
-MODALITY_TEMPLATES: Mapping[str, tuple[str, ...]] = {
-    "image": ("a {}.", "a photo of a {}.", "a picture of a {}.", "an image of a {}."),
-    "audio": ("a {}.", "the sound of a {}.", "a recording of a {}.", "audio of a {}."),
-    "depth": ("a {}.", "a depth map of a {}.", "a depth image of a {}.", "the 3D shape of a {}."),
-}
-"""Templates that name the query modality; pass one of these as ``templates`` when the
-evaluated modality is known (prompt wording measurably changes zero-shot accuracy)."""
+Templates that name the evaluated modality come from its plugin (``ModalityPlugin.prompt_templates``,
+e.g. "the sound of a {}.") and, for the anchor, :data:`ANCHOR_TEMPLATES`; prompt wording
+measurably changes zero-shot accuracy, so pass those as ``templates`` when the modality is known."""
+
+ANCHOR_TEMPLATES: tuple[str, ...] = ("a {}.", "a photo of a {}.", "a picture of a {}.", "an image of a {}.")
+"""The anchor's own templates (it is an image encoder): CLIP-style prompts naming a photo."""
 
 
 def build_prompts(class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> list[list[str]]:

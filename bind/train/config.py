@@ -105,6 +105,14 @@ class TrainConfig:
     compile: bool = False
     max_nonfinite_steps: int = 5
 
+    def _check_plugins(self) -> None:
+        """Unknown modalities and bad plugin config keys fail here, before any model is built."""
+        from anchorbind.registry import get_plugin_class
+
+        for name, plugin_cfg in self.model.modalities.items():
+            cls = get_plugin_class(name)
+            from_dict(cls.Config, plugin_cfg or {}, where=f"model.modalities.{name}")
+
     def validate(self) -> TrainConfig:
         """Check values that types alone do not constrain; returns ``self``."""
         problems = []
@@ -116,6 +124,7 @@ class TrainConfig:
             problems.append(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
         if not self.model.modalities:
             problems.append("model.modalities names no plugin to train")
+        self._check_plugins()
         for key, value in {
             "steps": self.steps, "data.batch_size": self.data.batch_size, "log_every": self.log_every,
             "checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints,
@@ -132,7 +141,7 @@ class TrainConfig:
             if len(pair) != 2 or not set(pair) <= known or pair[0] == pair[1]:
                 problems.append(f"loss.direct_pairs entry {pair} must be two different modalities of {sorted(known)}")
         if problems:
-            raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
+            raise ConfigError("invalid training config: " + "; ".join(problems))
         return self
 
 

@@ -3,14 +3,14 @@
 Launch lines::
 
     # one process (CPU or one GPU)
-    anchorbind train --config configs/demo.yaml
+    anchorbind train --config demo
     # several processes on one machine (GPUs; on a CPU-only machine: two gloo processes)
-    accelerate launch --multi_gpu --num_processes 2 -m anchorbind.train --config configs/demo.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m anchorbind.train --config demo
     # several machines: see configs/accelerate/multi_node.yaml
-    accelerate launch --config_file configs/accelerate/multi_node.yaml -m anchorbind.train --config configs/base.yaml
+    accelerate launch --config_file "$(anchorbind config path accelerate/multi_node)" -m anchorbind.train --config base
 
     # overrides, and exact resume from the newest checkpoint in output_dir
-    anchorbind train --config configs/demo.yaml --set optim.lr=3e-4 --set steps=500 --resume
+    anchorbind train --config demo --set optim.lr=3e-4 --set steps=500 --resume
 
 The loop reads top to bottom: set-up, then one step per iteration (forward, loss, backward,
 clip, step), with logging and checkpoints on the side. Everything distributed goes through
@@ -99,9 +99,10 @@ def resolve_anchor_source(cfg: TrainConfig, model: BindModel) -> bool:
 
 def segment_batches(cfg: TrainConfig, model: BindModel, start_step: int, use_cache: bool) -> Iterator[Any]:
     """Micro-batches for steps ``[start_step, next checkpoint)``, from a loader seeded by ``start_step``."""
+    # processors only (no model): they are what each loader worker gets a copy of
     processors = {name: model.processor(name) for name in model.plugins}
     if not use_cache:
-        processors[ANCHOR_MODALITY] = model.anchor
+        processors[ANCHOR_MODALITY] = model.processor(ANCHOR_MODALITY)
     loader = build_loader(
         cfg.data.train_shards,
         processors,
@@ -243,7 +244,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchorbind train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, required=True, help="YAML training config")
+    parser.add_argument("--config", required=True,
+                        help="a YAML training config, or a packaged one by name (`anchorbind config list`)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--output-dir", help="shortcut for --set output_dir=DIR")
@@ -264,4 +266,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anchorbind.errors import run_command
+
+    sys.exit(run_command("anchorbind train", main))

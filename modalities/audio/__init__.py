@@ -4,11 +4,13 @@ from anchorbind.modalities.audio.augment import SpectrogramAugment
 from anchorbind.modalities.audio.config import AudioConfig
 from anchorbind.modalities.audio.features import clip_bounds, fbank_clip, random_clip_bounds, waveform_to_clips
 from anchorbind.modalities.audio.plugin import AudioPlugin
+from anchorbind.modalities.audio.processor import AudioProcessor
 from anchorbind.modalities.audio.reading import array_to_channels, decode_audio, read_waveform
 
 __all__ = [
     "AudioConfig",
     "AudioPlugin",
+    "AudioProcessor",
     "SpectrogramAugment",
     "array_to_channels",
     "clip_bounds",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -13,9 +13,8 @@ from torch import nn
 from anchorbind.heads import l2_normalize
 from anchorbind.modalities.audio.augment import SpectrogramAugment
 from anchorbind.modalities.audio.config import AudioConfig
-from anchorbind.modalities.audio.features import clip_bounds, random_clip_bounds, waveform_to_clips
-from anchorbind.modalities.audio.reading import read_waveform
-from anchorbind.plugin import InputSource, ModalityPlugin
+from anchorbind.modalities.audio.processor import AudioProcessor
+from anchorbind.plugin import ModalityPlugin
 from anchorbind.trunks import one_channel_vit
 
 __all__ = ["AudioPlugin"]
@@ -32,7 +31,8 @@ class AudioPlugin(ModalityPlugin):
     clips of ``clip_duration`` spread over the file (``train_clips_per_sample`` random clips when
     ``train=True``), each a kaldi log-mel fbank normalised with ImageBind's statistics.
     ``load`` returns ``(clips, 1, num_mel_bins, target_length)``; ``collate`` stacks to
-    ``(B, clips, 1, num_mel_bins, target_length)`` float32.
+    ``(B, clips, 1, num_mel_bins, target_length)`` float32. Both are the
+    :class:`~anchorbind.modalities.audio.processor.AudioProcessor`'s (``self.processor``).
 
     Model: a 1-channel timm ``VisionTransformer`` runs on every clip (zero-padded to whole
     patches). ``forward_features`` averages the pooled clip features, ``(B, width)``.
@@ -42,9 +42,43 @@ class AudioPlugin(ModalityPlugin):
     """
 
     name: ClassVar[str] = "audio"
+    prompt_templates: ClassVar[tuple[str, ...]] = ("a {}.", "the sound of a {}.", "a recording of a {}.",
+                                                   "audio of a {}.")
+    perceives: ClassVar[tuple[str, ...]] = ("audio",)
     Config: ClassVar[type[AudioConfig]] = AudioConfig
+    Processor: ClassVar[type[AudioProcessor]] = AudioProcessor
     sample_keys: ClassVar[tuple[str, ...]] = ("flac", "wav", "mp3", "ogg")
     config: AudioConfig
+
+    @classmethod
+    def example_inputs(cls) -> list[Any]:
+        """2.5 s tones at the default ``sample_rate``: two float32 waveforms and a stereo WAV file's bytes.
+
+        Different content: 220 Hz and 660 Hz sines, and a 440 Hz tone with a 3 Hz tremolo.
+        """
+        import io
+
+        import numpy as np
+        import soundfile as sf
+
+        rate = cls.Config().sample_rate
+        time = np.arange(int(2.5 * rate)) / rate
+        low = (0.3 * np.sin(2 * np.pi * 220.0 * time)).astype(np.float32)
+        high = (0.3 * np.sin(2 * np.pi * 660.0 * time)).astype(np.float32)
+        tremolo = 0.3 * np.sin(2 * np.pi * 440.0 * time) * (0.6 + 0.4 * np.sin(2 * np.pi * 3.0 * time))
+        wav = io.BytesIO()
+        sf.write(wav, np.stack([tremolo, 0.5 * tremolo], axis=1).astype(np.float32), rate, format="WAV",
+                 subtype="PCM_16")
+        return [low, high, wav.getvalue()]
+
+    @classmethod
+    def example_bad_inputs(cls) -> list[Any]:
+        """Empty bytes, bytes that are no audio, NaN / silent / too short waveforms, and a wrong type."""
+        import numpy as np
+
+        rate = cls.Config().sample_rate
+        return [b"", b"RIFF not really a wave file", np.full(rate, np.nan, dtype=np.float32),
+                np.zeros(rate, dtype=np.float32), np.ones(4, dtype=np.float32), object()]
 
     def __init__(self, config: AudioConfig | Mapping[str, Any] | None = None, *, embed_dim: int) -> None:
         super().__init__(config, embed_dim=embed_dim)
@@ -70,36 +104,6 @@ class AudioPlugin(ModalityPlugin):
         self.padded_size = tuple(math.ceil(n / cfg.patch_size) * cfg.patch_size for n in self.input_size)
         trunk = one_channel_vit(self.padded_size, cfg)
         return trunk, cfg.width
-
-    # ------------------------------------------------------------------ data
-    def load(self, source: InputSource, *, train: bool = False) -> torch.Tensor:
-        """Read one input into ``(clips, 1, num_mel_bins, target_length)`` normalised spectrograms.
-
-        Args:
-            source: a path, file bytes (format sniffed from the content), or a waveform at
-                ``sample_rate`` shaped ``(samples,)`` / ``(channels, samples)``.
-            train: take ``train_clips_per_sample`` clips at random starts (torch's RNG) instead
-                of ``clips_per_sample`` evenly spread ones.
-
-        Raises:
-            InputError: naming ``source`` and the reason (see :func:`~anchorbind.modalities.audio.reading.read_waveform`).
-        """
-        cfg = self.config
-        wave = read_waveform(source, cfg.sample_rate, cfg.min_duration)
-        if train:
-            bounds = random_clip_bounds(wave.numel(), cfg.sample_rate, cfg.clip_duration, cfg.train_clips_per_sample)
-        else:
-            bounds = clip_bounds(wave.numel(), cfg.sample_rate, cfg.clip_duration, cfg.clips_per_sample)
-        return waveform_to_clips(wave, cfg.sample_rate, bounds, num_mel_bins=cfg.num_mel_bins,
-                                 target_length=cfg.target_length, mean=cfg.mean, std=cfg.std)
-
-    def collate(self, samples: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Stack samples from :meth:`load` (all with the same clip count) to ``(B, clips, 1, mel, frames)``."""
-        shapes = {tuple(s.shape) for s in samples}
-        if len(shapes) > 1:
-            raise ValueError(f"audio samples have different shapes {sorted(shapes)}: do not mix train=True "
-                             "and train=False samples in one batch")
-        return torch.stack(list(samples))
 
     # ------------------------------------------------------------------ model
     def forward_features(self, batch: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Registered as ``depth`` through the ``anchorbind.modalities`` entry point in ``p
 """
 
 from anchorbind.modalities.depth.config import DepthConfig
-from anchorbind.modalities.depth.plugin import DepthInputStats, DepthPlugin
+from anchorbind.modalities.depth.plugin import DepthPlugin
+from anchorbind.modalities.depth.processor import DepthInputStats, DepthProcessor
 from anchorbind.modalities.depth.reading import DepthReading, read_depth
 
-__all__ = ["DepthConfig", "DepthInputStats", "DepthPlugin", "DepthReading", "read_depth"]
+__all__ = ["DepthConfig", "DepthInputStats", "DepthPlugin", "DepthProcessor", "DepthReading", "read_depth"]

@@ -2,5 +2,6 @@
 
 from anchorbind.modalities.text.config import TextConfig
 from anchorbind.modalities.text.plugin import TextPlugin, mean_pool
+from anchorbind.modalities.text.processor import TextProcessor
 
-__all__ = ["TextConfig", "TextPlugin", "mean_pool"]
+__all__ = ["TextConfig", "TextPlugin", "TextProcessor", "mean_pool"]

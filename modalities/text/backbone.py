@@ -11,6 +11,9 @@ Three kinds of ``backbone`` are accepted:
 
 Every failure becomes a :class:`~anchorbind.errors.ConfigError` naming the backbone, so a typo in a
 config fails at model build time with a readable message, not deep inside transformers.
+
+The tokenizer and the model load separately (:func:`load_tokenizer`, :func:`load_model`): the
+text processor needs only the tokenizer, so reading and batching text never loads the weights.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from anchorbind.errors import ConfigError
 
-__all__ = ["PACKAGED", "hub_offline", "load_backbone", "resolve_backbone"]
+__all__ = ["PACKAGED", "hub_offline", "load_backbone", "load_model", "load_tokenizer", "resolve_backbone"]
 
 PACKAGED = "packaged"
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's own reading of boolean env vars
@@ -57,41 +60,71 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
-def load_backbone(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load an encoder model and its tokenizer, ready for mean pooling.
-
-    The model's pooler (a dense layer over the first token that mean pooling never reads) is
-    dropped when the architecture supports running without one, so full fine-tuning has no
-    parameters that never receive a gradient. A tokenizer without a padding token (GPT-style)
-    pads with its end-of-sequence token; the attention mask keeps padding out of the mean.
-
-    Args:
-        name: ``"packaged"``, a local folder or a hub name (see the module docstring).
-
-    Returns:
-        ``(model, tokenizer)``; the model is in eval mode with all parameters trainable.
-
-    Raises:
-        ConfigError: naming the backbone, when it cannot be found or loaded, is an
-            encoder-decoder model, or its tokenizer cannot pad.
-    """
+def _locate(name: str) -> tuple[str, bool, bool]:
+    """``(source, is_local, offline)`` for a backbone name; a path that is no folder is refused."""
     source = resolve_backbone(name)
     is_local = Path(source).is_dir()
     if not is_local and _looks_like_path(source):
         reason = "is a file, not a transformers folder" if Path(source).exists() else "no such folder"
         raise ConfigError(f"anchorbind.modalities.text.backbone {name!r}: {reason} ({source})")
-    offline = is_local or hub_offline()
+    return source, is_local, is_local or hub_offline()
+
+
+def _load_error(name: str, is_local: bool, offline: bool, err: Exception) -> ConfigError:
+    if is_local:
+        where = "local folder"
+    elif offline:
+        where = "hub name; HF_HUB_OFFLINE is set, so only the local cache was searched"
+    else:
+        where = "hub name; is the hub reachable? Set HF_HUB_OFFLINE=1 to use a cached copy"
+    return ConfigError(f"anchorbind.modalities.text.backbone {name!r} ({where}) could not be loaded: {err}")
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """Load only the backbone's tokenizer (no weights), ready to pad batches.
+
+    A tokenizer without a padding token (GPT-style) pads with its end-of-sequence token; the
+    attention mask keeps padding out of the mean.
+
+    Raises:
+        ConfigError: naming the backbone, when its tokenizer cannot be found, loaded, or pad.
+    """
+    source, is_local, offline = _locate(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError, KeyError) as err:
+        raise _load_error(name, is_local, offline, err) from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(
+                f"anchorbind.modalities.text.backbone {name!r}: its tokenizer has no padding or end token"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str) -> PreTrainedModel:
+    """Load only the encoder model, ready for mean pooling.
+
+    The model's pooler (a dense layer over the first token that mean pooling never reads) is
+    dropped when the architecture supports running without one, so full fine-tuning has no
+    parameters that never receive a gradient.
+
+    Args:
+        name: ``"packaged"``, a local folder or a hub name (see the module docstring).
+
+    Returns:
+        The model, in eval mode with all parameters trainable.
+
+    Raises:
+        ConfigError: naming the backbone, when it cannot be found or loaded, or is an
+            encoder-decoder model.
+    """
+    source, is_local, offline = _locate(name)
+    try:
         model = AutoModel.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError, KeyError) as err:
-        if is_local:
-            where = "local folder"
-        elif offline:
-            where = "hub name; HF_HUB_OFFLINE is set, so only the local cache was searched"
-        else:
-            where = "hub name; is the hub reachable? Set HF_HUB_OFFLINE=1 to use a cached copy"
-        raise ConfigError(f"anchorbind.modalities.text.backbone {name!r} ({where}) could not be loaded: {err}") from None
+        raise _load_error(name, is_local, offline, err) from None
     if getattr(model.config, "is_encoder_decoder", False):
         raise ConfigError(
             f"anchorbind.modalities.text.backbone {name!r} is an encoder-decoder model ({type(model).__name__}); "
@@ -100,11 +133,16 @@ def load_backbone(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if getattr(model.config, "hidden_size", None) is None:
         raise ConfigError(f"anchorbind.modalities.text.backbone {name!r}: its config has no hidden_size")
     _drop_unused_pooler(model)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ConfigError(f"anchorbind.modalities.text.backbone {name!r}: its tokenizer has no padding or end token")
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model
+
+
+def load_backbone(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load an encoder model and its tokenizer: ``(load_model(name), load_tokenizer(name))``.
+
+    Raises:
+        ConfigError: see :func:`load_model` and :func:`load_tokenizer`.
+    """
+    return load_model(name), load_tokenizer(name)
 
 
 def _drop_unused_pooler(model: PreTrainedModel) -> None:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
-from anchorbind.errors import ConfigError, InputError
-from anchorbind.modalities.text.backbone import load_backbone
+from anchorbind.errors import ConfigError
+from anchorbind.modalities.text.backbone import load_model
 from anchorbind.modalities.text.config import TextConfig
-from anchorbind.plugin import InputSource, ModalityPlugin
+from anchorbind.modalities.text.processor import TextProcessor
+from anchorbind.plugin import ModalityPlugin
 
 __all__ = ["TextPlugin", "mean_pool"]
 
@@ -39,9 +39,10 @@ class TextPlugin(ModalityPlugin):
     trains: ``frozen`` (head and logit scale only; the backbone stays in eval mode and runs
     without autograd), ``full``, or ``lora`` (peft adapters on ``lora_target_modules``).
 
-    The tokenizer is a plain attribute (``self.tokenizer``), not a module: it has no weights and
-    is rebuilt from ``config.backbone``. The plugin deep-copies and pickles with it (a pickle holds
-    the whole backbone, ~90 MB for MiniLM); to ship a trained plugin, use
+    Reading and tokenizing are the :class:`~anchorbind.modalities.text.processor.TextProcessor`'s
+    (``self.processor``; ``self.tokenizer`` is its tokenizer): build that alone with
+    ``TextPlugin.create_processor(config)`` where only text is read, e.g. in data loader workers.
+    A pickled plugin holds the whole backbone (~90 MB for MiniLM); to ship a trained plugin, use
     ``BindModel.save_pretrained``, which stores only the trainable weights.
 
     Example::
@@ -51,19 +52,37 @@ class TextPlugin(ModalityPlugin):
     """
 
     name = "text"
+    encodes_text = True
     Config = TextConfig
+    Processor = TextProcessor
     sample_keys = ("txt", "text", "caption")
     config: TextConfig
 
+    @classmethod
+    def example_inputs(cls) -> list[object]:
+        """Three captions of different content, a string and the UTF-8 bytes of a ``.txt`` member."""
+        return ["a red cube on a wooden table", "a dog barking in the rain", b"quiet piano music"]
+
+    @classmethod
+    def example_bad_inputs(cls) -> list[object]:
+        """Empty and whitespace-only text, bytes that are not UTF-8, and a type that is no text."""
+        return ["", "  \n\t ", b"", b"\xff\xfe\xfd", 42, object()]
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The processor's tokenizer."""
+        return self.processor.tokenizer
+
     def build_trunk(self) -> tuple[nn.Module, int]:
-        """Load the backbone and tokenizer and set which backbone weights train.
+        """Load the backbone (and check its tokenizer) and set which backbone weights train.
 
         Raises:
-            ConfigError: the backbone cannot be loaded, ``max_length`` exceeds its positions,
-                or the LoRA target modules are not in it.
+            ConfigError: the backbone or its tokenizer cannot be loaded, ``max_length`` exceeds
+                its positions, or the LoRA target modules are not in it.
         """
         cfg = self.config
-        backbone, self.tokenizer = load_backbone(cfg.backbone)
+        backbone = load_model(cfg.backbone)
+        self.processor.tokenizer  # noqa: B018 -- a backbone without a usable tokenizer fails now, not at first batch
         width = int(backbone.config.hidden_size)
         positions = getattr(backbone.config, "max_position_embeddings", None)
         if positions is not None and cfg.max_length > positions:
@@ -108,52 +127,8 @@ class TextPlugin(ModalityPlugin):
             self.trunk.eval()
         return self
 
-    def load(self, source: InputSource, *, train: bool = False) -> str:
-        """The stripped text of ``source``.
-
-        Args:
-            source: the text itself (``str``), UTF-8 bytes, or a ``Path`` to a UTF-8 text file.
-            train: unused (text has no stochastic preprocessing).
-
-        Raises:
-            InputError: unreadable file, invalid UTF-8, empty or whitespace-only text, or an
-                unsupported input type.
-        """
-        if isinstance(source, str):
-            text = source
-        elif isinstance(source, (Path, bytes, bytearray, memoryview)):
-            if isinstance(source, Path):
-                try:
-                    data = source.read_bytes()
-                except OSError as err:
-                    raise InputError(source, f"unreadable text file ({err.strerror or err})", self.name) from None
-            else:
-                data = bytes(source)
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InputError(source, f"not UTF-8 text ({err.reason} at byte {err.start})", self.name) from None
-        else:
-            raise InputError(
-                source, f"expected a string, UTF-8 bytes or a Path, got {type(source).__name__}", self.name
-            )
-        text = text.strip()
-        if not text:
-            raise InputError(source, "empty text", self.name)
-        return text
-
-    def collate(self, samples: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenize a batch: padded to its longest text, truncated to ``max_length`` tokens."""
-        encoded = self.tokenizer(
-            list(samples), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
-        )
-        return dict(encoded)
-
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean-pooled last hidden states ``(B, hidden_size)``; no autograd through a frozen backbone."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.tuning != "frozen"):
             hidden = self.trunk(**batch).last_hidden_state
         return mean_pool(hidden, batch["attention_mask"])
-
-    def batch_size(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["input_ids"].shape[0])

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = convert.convert_to_shards(args.source, args.out, shard_size=args.shard_size, workers=args.workers,
                                            prefix=args.prefix, overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, InputError, ValueError) as err:
-        print(f"anchorbind shards: {err}", file=sys.stderr)
+        print(f"anchorbind shards: error: {err}", file=sys.stderr)
         return 2
     print(report.summary())
     return 0 if report.samples_written else 1

@@ -23,11 +23,11 @@ manifest's folder (absolute paths work too); any subset per row, empty cells all
 like a ``.txt`` path). An optional ``key`` column names samples (default: the row number,
 ``000000000``...). Every other column is kept as metadata in the sample's ``json`` member.
 
-**Validation.** Every file is decoded by its modality's own ``load`` (the anchor's for images)
-before it is written, so bad files never reach training. Unreadable, truncated, empty,
-unknown-format or missing files are skipped; a sample keeps its valid modalities, and one left
-with none is skipped. Everything skipped is counted and listed with the reason in
-``OUT/report.json`` (written atomically, like every shard and ``manifest.json``).
+**Validation.** Every file is decoded by its modality's processor (``load``; the anchor's
+ImageProcessor for images; no model is built) before it is written, so bad files never reach
+training. Unreadable, truncated, empty, unknown-format or missing files are skipped; a sample
+keeps its valid modalities, and one left with none is skipped. Everything skipped is counted and
+listed with the reason in ``OUT/report.json`` (written atomically, like every shard and ``manifest.json``).
 
 Samples are validated in ``workers`` processes and written in input order, so the shards are
 identical whatever the number of workers.
@@ -44,12 +44,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from anchorbind.errors import InputError
 from anchorbind.pipelines.shards.writer import ShardSink, finish_entry, write_manifest
+
+if TYPE_CHECKING:
+    from anchorbind.processor import Processor
 
 __all__ = ["ConversionReport", "classify_file", "convert_to_shards", "load_processors"]
 
@@ -92,21 +95,17 @@ class ConversionReport:
             self.files_skipped += 1
 
 
-def load_processors(modalities: Sequence[str] | None = None) -> dict[str, Any]:
-    """The anchor (``image``) and the plugins, used here only to read and check files.
+def load_processors(modalities: Sequence[str] | None = None) -> dict[str, Processor]:
+    """The processors of the anchor (``image``) and of the plugins (default configs), to read and check files.
 
-    The anchor is built without pretrained weights (``weights="none"``: reading an image does not
-    depend on them) and plugins with a tiny head, since only their ``load`` runs.
+    Only processors are built, never a model: no anchor network, trunk or text backbone. So a
+    conversion starts in moments, and each validation worker process builds (or unpickles) a
+    few kilobytes instead of every model.
     """
-    from anchorbind.anchor import AnchorConfig, FrozenAnchor
-    from anchorbind.registry import create_plugin, list_modalities
+    from anchorbind.registry import create_processor, list_modalities
 
     names = list(modalities) if modalities is not None else [ANCHOR, *list_modalities()]
-    processors: dict[str, Any] = {}
-    for name in names:
-        processors[name] = (FrozenAnchor(AnchorConfig(weights="none")) if name == ANCHOR
-                            else create_plugin(name, embed_dim=8))
-    return processors
+    return {name: create_processor(name) for name in names}
 
 
 # ---------------------------------------------------------------------------------------- naming
@@ -249,12 +248,12 @@ def _manifest_rows(manifest: Path, keys: Mapping[str, tuple[str, ...]], report: 
 _WORKER_PROCESSORS: Mapping[str, Any] = {}
 
 
-def _init_worker(processors: Mapping[str, Any] | None, names: Sequence[str]) -> None:
+def _init_worker(processors: Mapping[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(1)
     global _WORKER_PROCESSORS
-    _WORKER_PROCESSORS = processors if processors is not None else load_processors(names)
+    _WORKER_PROCESSORS = processors
 
 
 def _validate(row: _Row, processors: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, str]]]:
@@ -286,14 +285,15 @@ def _validate(row: _Row, processors: Mapping[str, Any] | None = None) -> tuple[d
 
 def _validated(rows: list[_Row], processors: Mapping[str, Any] | None, names: Sequence[str],
                workers: int) -> Iterator[tuple[_Row, dict[str, Any], list[dict[str, str]]]]:
+    # built once here and pickled to the workers: processors hold no model, a few KB each
+    local = processors if processors is not None else load_processors(names)
     if workers <= 1:
-        local = processors if processors is not None else load_processors(names)
         for row in rows:
             yield row, *_validate(row, local)
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(processors, list(names))) as pool:
+                             initargs=(local,)) as pool:
         chunk = max(1, min(64, len(rows) // (4 * workers)))
         for row, (sample, problems) in zip(rows, pool.map(_validate, rows, chunksize=chunk), strict=True):
             yield row, sample, problems
@@ -325,8 +325,9 @@ def convert_to_shards(
         shard_size: samples per shard.
         workers: processes decoding files to validate them (output identical for any number).
         prefix: shard name prefix.
-        processors: ``{modality: object with sample_keys and load}`` to validate with; default
-            :func:`load_processors` (the anchor and every registered plugin).
+        processors: ``{modality: object with sample_keys and load}`` (a
+            :class:`~anchorbind.processor.Processor`) to validate with; default
+            :func:`load_processors` (the anchor's and every registered plugin's processor).
         overwrite: replace shards already in ``out_dir`` (they are removed only once the new ones
             are complete); without it, a folder that already has shards is refused.
         progress: show a tqdm bar.

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for name in ("train", "test", "shard_size"):
         if getattr(args, name) < (1 if name == "shard_size" else 0):
-            print(f"anchorbind world: --{name.replace('_', '-')} must be positive", file=sys.stderr)
+            print(f"anchorbind world: error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
     try:
         fields = load_yaml(args.config) if args.config else {}
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifests = write_world_shards(args.out, train=args.train, test=args.test, seed=args.seed,
                                        shard_size=args.shard_size, workers=args.workers, world_cfg=world_cfg)
     except (ConfigError, PlanMismatchError, ValueError) as err:
-        print(f"anchorbind world: {err}", file=sys.stderr)
+        print(f"anchorbind world: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({split: {"shards": len(m["shards"]), "samples": m["total"], "dir": str(args.out / split)}
                       for split, m in manifests.items()}))

@@ -34,7 +34,7 @@ def _embed(anchor: FrozenAnchor, n: int, split: str, seed: int, cfg: WorldConfig
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(images), 64):
-            chunks.append(anchor(anchor.load_batch(images[start:start + 64])).numpy())
+            chunks.append(anchor(anchor.processor.load_batch(images[start:start + 64])).numpy())
     return np.concatenate(chunks), labels
 
 

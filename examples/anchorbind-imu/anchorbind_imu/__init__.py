@@ -4,6 +4,6 @@ It is registered by the entry point ``imu = "anchorbind_imu:ImuPlugin"`` in the 
 ``anchorbind.modalities`` (see ``pyproject.toml``); importing this package registers nothing.
 """
 
-from anchorbind_imu.plugin import ImuConfig, ImuPlugin
+from anchorbind_imu.plugin import ImuConfig, ImuPlugin, ImuProcessor
 
-__all__ = ["ImuConfig", "ImuPlugin"]
+__all__ = ["ImuConfig", "ImuPlugin", "ImuProcessor"]

