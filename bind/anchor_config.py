@@ -37,18 +37,26 @@ class AnchorConfig:
             a local file path: ``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with
             ``torch.load(weights_only=True)``; keys in another naming are mapped by order.
         image_size: input resolution override (square); ``None`` uses the model's pretrained_cfg.
+        max_pixels: images with more pixels (width x height) are refused with an
+            :class:`~anchorbind.errors.InputError`, read from the file's header before anything
+            is decoded; ``None``: no limit of ours (Pillow still refuses decompression bombs over
+            2 x ``PIL.Image.MAX_IMAGE_PIXELS``, ~179 Mpx). The default, 2**26 (~67 Mpx, 192 MiB
+            as RGB), is above every common camera (61 Mpx full frame, 8K video 33 Mpx) and below
+            Pillow's bomb warning (89.5 Mpx), which it replaces.
     """
 
     model: str = "tf_efficientnet_lite0"
     weights: str = "packaged"
     image_size: int | None = None
+    max_pixels: int | None = 1 << 26
 
 
 def validate_anchor_config(config: AnchorConfig) -> None:
     """Refuse a config the anchor could not be built from, with the reason.
 
     Raises:
-        ConfigError: unknown timm model (with close matches), non-positive ``image_size``, empty
+        ConfigError: unknown timm model (with close matches), non-positive ``image_size`` or
+            ``max_pixels``, empty
             ``weights``, or packaged weights asked for another architecture than they fit.
     """
     if not config.model or not isinstance(config.model, str):
@@ -58,6 +66,8 @@ def validate_anchor_config(config: AnchorConfig) -> None:
         raise ConfigError(f"anchor.model: unknown timm model {config.model!r}; did you mean {close}?")
     if config.image_size is not None and config.image_size <= 0:
         raise ConfigError(f"anchor.image_size: must be positive, got {config.image_size}")
+    if config.max_pixels is not None and config.max_pixels <= 0:
+        raise ConfigError(f"anchor.max_pixels: must be positive or null, got {config.max_pixels}")
     if not config.weights:
         raise ConfigError(f"anchor.weights: expected one of {list(WEIGHT_MODES)} or a file path")
     if config.weights == "packaged" and config.model not in PACKAGED_LITE0_MODELS:

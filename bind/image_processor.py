@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,11 @@ class ImageProcessor(Processor):
             A float tensor ``(3, H, W)`` normalised with the model's mean/std.
 
         Raises:
-            InputError: naming the input when it is unreadable, not an image, or of the wrong
-                shape / dtype / type.
+            InputError: naming the input when it is unreadable, not an image, of the wrong
+                shape / dtype / type, or over ``config.max_pixels`` (read from a file's header,
+                before decoding).
         """
-        return self._transform(train)(_to_rgb(source))
+        return self._transform(train)(_to_rgb(source, getattr(self.config, "max_pixels", None)))
 
     def collate(self, samples: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stack loaded images into a ``(B, 3, H, W)`` batch."""
@@ -168,22 +170,34 @@ def create_image_processor(config: AnchorConfig | Mapping[str, Any] | None = Non
 
 
 # ---------------------------------------------------------------------- decoding
-def _to_rgb(source: Any) -> Image.Image:
-    """Any accepted image input as an RGB ``PIL.Image`` (EXIF rotation applied for files)."""
+def _to_rgb(source: Any, max_pixels: int | None = None) -> Image.Image:
+    """Any accepted image input as an RGB ``PIL.Image`` (EXIF rotation applied for files).
+
+    ``max_pixels``: refuse larger images; a file's size comes from its header, before decoding.
+    """
     if isinstance(source, Image.Image):
+        _check_pixels(source.size, max_pixels, source)
         return _convert(source, source)
     if isinstance(source, np.ndarray):
+        if source.ndim >= 2:
+            _check_pixels((source.shape[1], source.shape[0]), max_pixels, source)
         return _array_to_image(source)
     if isinstance(source, (str, Path, bytes, bytearray, memoryview)):
         data = read_bytes(source, IMAGE_MODALITY)
         try:
-            with Image.open(io.BytesIO(data)) as opened:
+            with warnings.catch_warnings():
+                # our max_pixels is the limit: Pillow's DecompressionBombWarning would only repeat it
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(io.BytesIO(data))
+            with opened:
+                _check_pixels(opened.size, max_pixels, source)
                 image = ImageOps.exif_transpose(opened)
                 return _convert(image, source)
         except UnidentifiedImageError:
             raise InputError(source, "not an image (no known image format)", IMAGE_MODALITY) from None
         except Image.DecompressionBombError as err:
-            raise InputError(source, f"image too large ({err})", IMAGE_MODALITY) from None
+            raise InputError(source, f"image too large: Pillow refuses it as a decompression bomb ({err})",
+                             IMAGE_MODALITY) from None
         except InputError:
             raise
         except Exception as err:  # Pillow raises many types (OSError, SyntaxError, struct.error ...)
@@ -195,6 +209,13 @@ def _to_rgb(source: Any) -> Image.Image:
         f"unsupported type {type(source).__name__}; pass a path, image bytes, a PIL image or a uint8 array",
         IMAGE_MODALITY,
     )
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int | None, source: Any) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(source, f"image too large: {width}x{height} = {width * height} pixels > max_pixels "
+                                 f"{max_pixels}", IMAGE_MODALITY)
 
 
 def _convert(image: Image.Image, source: Any) -> Image.Image:

@@ -124,8 +124,12 @@ class BindModel(nn.Module):
         """Embed an already collated batch of one modality."""
         return self.encoder(modality)(move_to_device(batch, self.device))
 
+    @torch.inference_mode()
     def embed(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Embed raw inputs (lists of paths/bytes/arrays/strings) or collated batches.
+
+        Runs under ``torch.inference_mode()``: no autograd graph is kept and the outputs do not
+        require grad (train through :meth:`forward` or :meth:`encode`).
 
         Args:
             inputs: ``{modality: inputs}``; a list or tuple is read with the modality's loader,

@@ -18,17 +18,20 @@ plugins, the anchor and the data pipeline can all import it without cycles.
 
 from __future__ import annotations
 
+import io
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from anchorbind.errors import InputError
 
-__all__ = ["InputSource", "Processor", "move_to_device", "read_bytes"]
+__all__ = ["InputSource", "Processor", "move_to_device", "open_input", "read_bytes"]
 
 InputSource = str | Path | bytes | np.ndarray | torch.Tensor
 """What :meth:`Processor.load` accepts: a path, raw file bytes, or an array (per modality)."""
@@ -115,3 +118,29 @@ def read_bytes(source: str | Path | bytes, modality: str) -> bytes:
     if not data:
         raise InputError(source, "empty file", modality)
     return data
+
+
+@contextmanager
+def open_input(source: str | Path | bytes | bytearray | memoryview, modality: str) -> Iterator[tuple[BinaryIO, int]]:
+    """A seekable binary file over a path or bytes input, and its size in bytes.
+
+    Unlike :func:`read_bytes`, a path is opened, not read: a reader can look at a header (a
+    declared length, image size or array shape) and refuse the input before it costs memory.
+
+    Raises:
+        InputError: unreadable or empty file (the same reasons as :func:`read_bytes`).
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
+            raise InputError(source, "empty file", modality)
+        yield io.BytesIO(source), len(source)
+        return
+    try:
+        file = Path(source).open("rb")  # noqa: SIM115 (closed by the with below, after the size check)
+    except OSError as err:
+        raise InputError(source, f"unreadable file ({err.strerror or err})", modality) from None
+    with file:
+        size = os.fstat(file.fileno()).st_size
+        if not size:
+            raise InputError(source, "empty file", modality)
+        yield file, size

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anchorbind.config import load_yaml
+from anchorbind.config import load_yaml, packaged_config
 
 __all__ = ["DemoConfig", "main", "run_demo"]
 
-CONFIG = "demo"
-"""The packaged ``anchorbind/configs/demo.yaml``."""
+CONFIG_NAME = "demo"
+"""The packaged ``anchorbind/configs/demo.yaml``, whatever the working directory holds."""
 
 
 @dataclass
@@ -62,9 +62,9 @@ def _train_run(name: str, cfg: DemoConfig, overrides: list[str]) -> Path:
         f"steps={cfg.steps}",
         f"seed={cfg.seed}",
     ]
-    train_cfg = load_train_config(CONFIG, base + overrides)
+    train_cfg = load_train_config(packaged_config(CONFIG_NAME), base + overrides)
     _log(f"{name}: training {sorted(train_cfg.model.modalities)} for {train_cfg.steps} steps")
-    train(train_cfg, resume=(run_dir / "checkpoints").is_dir())
+    train(train_cfg, resume=run_dir.is_dir())  # an interrupted run continues; its config must match
     return run_dir
 
 
@@ -82,7 +82,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         write_world_shards(world, train=cfg.train_scenes, test=cfg.test_scenes, seed=cfg.seed,
                            shard_size=500, workers=cfg.workers)
     _log("caching anchor embeddings")
-    demo_yaml = load_yaml(CONFIG)
+    demo_yaml = load_yaml(packaged_config(CONFIG_NAME))
     build_anchor_cache(sorted(str(p) for p in (world / "train").glob("*.tar")), demo_yaml["model"]["anchor"],
                        batch_size=64)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from anchorbind.errors import ConfigError
+from anchorbind.errors import ConfigError, ModelFileError
 from anchorbind.evaluation.evaluate import evaluate_run
 from anchorbind.evaluation.pairs import ordered_pairs, pair_kind
 from anchorbind.evaluation.visiocentrism import visiocentrism_index
@@ -110,7 +110,7 @@ def _assert_documented(m: dict) -> None:
 
 
 def test_eval_refuses_a_directory_without_a_model(tmp_path, world_dir):
-    with pytest.raises(ConfigError, match="no trained model"):
+    with pytest.raises(ModelFileError, match="no trained model"):  # a data problem: exit 1
         evaluate_run(tmp_path, str(world_dir / "test"))
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from anchorbind.errors import ConfigError
+from anchorbind.errors import AnchorBindError, ConfigError, exit_code
 from anchorbind.train.config import load_train_config
 from anchorbind.train.loop import NonFiniteLossError, train
 from tests.conftest import REPO, free_port, subprocess_env
@@ -61,9 +61,10 @@ def test_direct_pair_adds_a_plugin_plugin_term(tmp_path, world_dir):
 
 
 def test_nonfinite_losses_are_skipped_then_stop(tmp_path, world_dir):
-    with pytest.raises(NonFiniteLossError, match="consecutive"):
+    with pytest.raises(NonFiniteLossError, match="consecutive") as stopped:
         run_train(tmp_path, world_dir, "steps=20", "optim.lr=1e30", "optim.grad_clip_norm=null",
                   "optim.warmup_steps=0", "max_nonfinite_steps=2")
+    assert isinstance(stopped.value, AnchorBindError) and exit_code(stopped.value) == 1, "one line, exit 1"
     events = [json.loads(line) for line in (tmp_path / "run" / "train_events.jsonl").read_text().splitlines()]
     assert len(events) == 2 and all(e["event"] == "nonfinite_loss" for e in events)
 
@@ -105,7 +106,13 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path, world_dir):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "b" / "model").exists(), "the run finished before it could be killed"
-    subprocess.run(_train_cmd(resumed, "--resume"), check=True, env=_env(), cwd=REPO, timeout=600)
+    assert (tmp_path / "b" / "train.lock").exists(), "the killed run's lock is left behind"
+    again = subprocess.run(_train_cmd(resumed, "--resume"), env=_env(), cwd=REPO, timeout=600,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "taking over the stale lock" in again.stderr, "the dead run's lock is taken over, saying so"
+    steps = [row["step"] for row in read_log(tmp_path / "b")]
+    assert steps == [str(s) for s in range(1, 9)], f"train_log.csv repeats or misses steps: {steps}"
 
     a = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))

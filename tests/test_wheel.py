@@ -2,8 +2,9 @@
 
 Builds the wheel from a copy of the source tree, checks that it holds one top-level import package
 (``anchorbind``) with its configs, installs it into a fresh virtual environment and, from an empty
-directory, runs ``python -c "import anchorbind"`` and a tiny world -> train (2 steps, the packaged
-``demo`` config by name) -> eval -> embed with the venv's own ``anchorbind`` script.
+directory, runs ``python -c "import anchorbind"``, a tiny world -> train (2 steps, the packaged
+``demo`` config by name) -> eval -> embed, and a tiny ``anchorbind demo``, with the venv's own
+``anchorbind`` script.
 
 The venv sees the heavy dependencies (torch, transformers, …) through ``--system-site-packages``
 so the test needs no network; every child checks that ``anchorbind`` itself is imported from the
@@ -111,3 +112,32 @@ def test_world_train_eval_embed_from_an_empty_directory(venv, tmp_path):
     from safetensors.torch import load_file
 
     assert load_file(str(tmp_path / "emb.safetensors"))["embeddings"].shape[0] == 2
+
+
+def test_demo_runs_every_stage_and_resumes_from_the_installed_wheel(venv, tmp_path):
+    """``anchorbind demo`` of the installed wheel, from an empty directory: the packaged config, every
+    stage, the quality bench reading its output, and a rerun that skips every finished stage."""
+    out = tmp_path / "demo"
+    command = [str(venv / "bin" / "anchorbind"), "demo", "--out", str(out), "--train-scenes", "96",
+               "--test-scenes", "64", "--steps", "4", "--workers", "1"]
+    done = run(venv, *command, cwd=tmp_path)
+    for name in ("bind", "direct", "bind_mitigated"):
+        assert (out / name / "model" / "config.json").is_file(), name
+    metrics = json.loads((out / "bind" / "metrics.json").read_text())
+    assert metrics["retrieval"]["text->audio"]["kind"] == "emergent"
+    assert "text->audio" in metrics["emergent_vs_direct"]
+    assert str(out / "bind_mitigated") in metrics["compare"]
+    assert (out / "bind" / "report.md").is_file()
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["report"] == str(out / "bind" / "report.md")
+    assert "emergent text->audio category R@1" in done.stdout and "report:" in done.stdout
+
+    # the quality bench reads the demo's evaluation (targets need the full-size demo)
+    bench = subprocess.run([str(venv / "bin" / "python"), str(REPO / "bench" / "bench_demo_quality.py"), str(out)],
+                           capture_output=True, text=True, timeout=120)
+    assert bench.returncode in (0, 1), bench.stderr[-2000:]
+    assert "emergent_over_direct" in json.loads(bench.stdout)
+
+    # rerunning skips every finished stage
+    again = run(venv, *command, cwd=tmp_path)
+    assert again.stdout.count("already trained, skipping") == 3

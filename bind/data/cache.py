@@ -8,9 +8,14 @@ Each shard is rewritten with two members added to every sample whose image decod
 architecture, weight source and hash, resolution). The loader refuses a cache whose identity
 differs from the training run's anchor. Safety and resumption:
 
+- every member is copied as it is (name, header, bytes, order), whatever webdataset would make of
+  it (no extension, upper-case extensions, nested folders, several dots); only an earlier cache's
+  two members are replaced;
 - a shard is streamed into a hidden temporary file that replaces it (``os.replace``) only when
   complete, so an interrupted or failed run never loses or half-writes a shard; a shard that
-  cannot be read to its end (a truncated tar) is left untouched and reported;
+  cannot be read to its end (a truncated tar, also one cut at a member boundary) is left
+  untouched and reported; a run killed outright leaves its temporary file, which the next run
+  removes (:mod:`anchorbind.data.tempfiles`);
 - when a shard is done, a sidecar ``<shard>.anchor.json`` records the identity, the counts and
   the shard's size; a rerun skips shards whose sidecar (or, lacking one, whose first cached
   sample) carries this anchor's identity, so reruns resume where a run stopped;
@@ -29,6 +34,7 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,13 +44,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
 from tqdm.auto import tqdm
 
 from anchorbind.anchor import AnchorConfig, FrozenAnchor
 from anchorbind.config import from_dict, load_yaml
-from anchorbind.data.shardlist import expand_shards, iter_shard
+from anchorbind.data.shardlist import expand_shards
 from anchorbind.data.stages import ANCHOR_ID_KEY, ANCHOR_KEY
+from anchorbind.data.tempfiles import remove_stale
 from anchorbind.errors import ConfigError, InputError
 
 __all__ = [
@@ -129,68 +135,142 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _chunks(samples: Iterable[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    for sample in samples:
-        chunk.append(sample)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+"""webdataset's rule (``base_plus_ext``): a member's sample key is its path up to the first dot of
+the file name, the rest its extension; consecutive regular files sharing a key are one sample."""
+_CACHE_MEMBERS = (ANCHOR_KEY, ANCHOR_ID_KEY)
 
 
-def _add_embeddings(anchor: FrozenAnchor, chunk: list[dict[str, Any]], device: torch.device, path: Path,
-                    report: CacheReport) -> int:
-    """Embed the chunk's images in one forward pass and add the two members; returns how many."""
+@dataclass
+class _Group:
+    """One sample of a shard being rewritten: its key and its members by lower-case extension."""
+
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)
+    vector: bytes | None = None
+
+
+def _tar_entries(tar: tarfile.TarFile) -> Iterable[tuple[tarfile.TarInfo, bytes | None, str | None, str | None]]:
+    """``(header, content, sample key, lower-case extension)`` of every member, in order.
+
+    The key and extension are ``None`` for a member that is no sample's (a directory, a link, a
+    name without an extension): it is copied as it is, like every other member.
+    """
+    for info in tar:
+        data = None
+        if not info.isreg() and info.size > 0:
+            raise tarfile.ReadError(f"{info.name}: member of type {info.type!r} with data cannot be copied")
+        if info.isreg():
+            handle = tar.extractfile(info)
+            data = handle.read() if handle is not None else b""
+            if len(data) != info.size:
+                raise tarfile.ReadError(f"{info.name}: unexpected end of data")
+        match = _MEMBER.match(info.name) if info.isreg() else None
+        yield info, data, (match.group(1) if match else None), (match.group(2).lower() if match else None)
+
+
+def _check_end_of_archive(tar: tarfile.TarFile, path: Path) -> None:
+    """A tar cut at a member boundary reads as a shorter, valid one: require its end-of-archive block."""
+    handle = tar.fileobj  # the decompressed stream of a .tar.gz
+    handle.seek(tar.offset)
+    block = handle.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"{path}: truncated tar (no end-of-archive block after byte {tar.offset})")
+
+
+def _embed(anchor: FrozenAnchor, groups: list[_Group], device: torch.device, path: Path,
+           report: CacheReport) -> int:
+    """Embed the groups' images in one forward pass (``group.vector``); returns how many."""
     processor = anchor.processor
-    images, rows = [], []
-    for row, sample in enumerate(chunk):
-        member = next((k for k in processor.sample_keys if k in sample), None)
+    images, embedded = [], []
+    for group in groups:
+        member = next((k for k in processor.sample_keys if k in group.members), None)
         if member is None:
             continue
         try:
-            images.append(processor.load(sample[member]))
-            rows.append(row)
+            images.append(processor.load(group.members[member]))
+            embedded.append(group)
         except InputError as err:
-            report.failures.append({"shard": str(path), "key": sample["__key__"], "reason": err.reason})
+            report.failures.append({"shard": str(path), "key": group.key, "reason": err.reason})
     if not images:
         return 0
     with torch.inference_mode():
         embeddings = anchor(processor.collate(images).to(device)).float().cpu().numpy().astype(np.float16)
-    for row, vector in zip(rows, embeddings, strict=True):
-        chunk[row][ANCHOR_KEY] = _npy_bytes(vector)
-        chunk[row][ANCHOR_ID_KEY] = anchor.identity.encode("utf-8")
-    return len(rows)
+    for group, vector in zip(embedded, embeddings, strict=True):
+        group.vector = _npy_bytes(vector)
+    return len(embedded)
+
+
+def _added_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o444
+    return info, data
 
 
 def cache_shard(anchor: FrozenAnchor, path: str | os.PathLike[str], *, batch_size: int = 64,
                 device: str | torch.device = "cpu", report: CacheReport | None = None) -> CacheReport:
     """Rewrite one local shard with the anchor's embeddings added, atomically, plus its sidecar.
 
-    Samples whose image does not decode are kept without an embedding and listed in
-    ``report.failures``. Embeddings from an earlier cache are dropped first, so a sample never
-    keeps a stale vector.
+    Every member of the shard is copied as it is (name, header and bytes, in order: members
+    without an extension, upper-case extensions, nested folders, several dots, links), and each
+    sample whose image decodes gets ``<key>.anchor.npy`` and ``<key>.anchor_id.txt`` after its
+    members. The only members not copied are those two of an earlier cache, so a sample
+    never keeps a stale vector. Samples whose image does not decode are kept without an
+    embedding and listed in ``report.failures``.
 
     Raises:
-        OSError, tarfile.TarError, ValueError: the shard cannot be read to its end or written;
-            the original shard is then untouched and no temporary file is left.
+        OSError, tarfile.TarError, ValueError: the shard cannot be read to its end (a truncated
+            tar, also one cut at a member boundary) or written; the original shard is then
+            untouched and no temporary file is left.
     """
     path = Path(path)
     report = report if report is not None else CacheReport()
     device = torch.device(device)
     tmp = path.with_name(f".{path.name}.caching-{os.getpid()}")
+    identity = anchor.identity.encode("utf-8")
     samples = total = 0
     failures_before = len(report.failures)
+    # entries waiting for their batch's forward pass: (header, content) or a group's cache members
+    pending: list[tuple[tarfile.TarInfo, bytes | None] | _Group] = []
+    groups: list[_Group] = []
+
+    def flush(out: tarfile.TarFile) -> None:
+        nonlocal samples
+        samples += _embed(anchor, groups, device, path, report)
+        for entry in pending:
+            if isinstance(entry, _Group):
+                if entry.vector is not None:
+                    for info, data in (_added_member(f"{entry.key}.{ANCHOR_KEY}", entry.vector),
+                                       _added_member(f"{entry.key}.{ANCHOR_ID_KEY}", identity)):
+                        out.addfile(info, io.BytesIO(data))
+            else:
+                info, data = entry
+                out.addfile(info, io.BytesIO(data) if data is not None else None)
+        pending.clear()
+        groups.clear()
+
     try:
-        with wds.TarWriter(str(tmp), mtime=0) as writer:
-            clean = ({k: v for k, v in s.items() if k not in ("__url__", "__local_path__", ANCHOR_KEY, ANCHOR_ID_KEY)}
-                     for s in iter_shard(path))
-            for chunk in _chunks(clean, batch_size):
-                samples += _add_embeddings(anchor, chunk, device, path, report)
-                total += len(chunk)
-                for sample in chunk:
-                    writer.write(sample)
+        mode = "w:gz" if path.name.endswith((".gz", ".tgz")) else "w"
+        with tarfile.open(path) as tar, tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT) as out:
+            current: _Group | None = None
+            for info, data, key, extension in _tar_entries(tar):
+                if key is not None and extension in _CACHE_MEMBERS:
+                    continue  # an earlier cache's vector: replaced below
+                if key is not None and (current is None or key != current.key):
+                    if current is not None:
+                        pending.append(current)  # its cache members go after its last member
+                        if len(groups) >= batch_size:
+                            flush(out)
+                    current = _Group(key)
+                    groups.append(current)
+                    total += 1
+                if key is not None:
+                    current.members.setdefault(extension, data)
+                pending.append((info, data))
+            if current is not None:
+                pending.append(current)
+            _check_end_of_archive(tar, path)
+            flush(out)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -253,6 +333,8 @@ def build_anchor_cache(
     mine = [Path(u) for i, u in enumerate(urls) if i % count == index]
     report = CacheReport()
     for path in tqdm(mine, desc=f"cache[{index}]", disable=not progress, unit="shard"):
+        # a killed run's temporaries of this process's shards only (another process may own the rest)
+        remove_stale(path.parent, names=[path.name, sidecar_path(path).name])
         if shard_cache_identity(path) == anchor.identity:
             report.skipped.append(str(path))
             continue

@@ -4,7 +4,7 @@ Accepted specs (also as a list mixing them):
 
 - brace notation, ``train-{000000..000099}.tar`` (expanded by webdataset / braceexpand);
 - ``::``-separated lists, ``a.tar::b.tar``;
-- a local directory: its ``*.tar`` files, sorted by name (a convenience; not recursive);
+- a local directory: its ``*.tar`` files, sorted by name, hidden ones left out (a convenience; not recursive);
 - a local glob, ``data/*/shard-*.tar``, sorted;
 - any URL webdataset opens: ``pipe:`` commands, ``http(s)://``, and object stores through
   ``pipe:`` (``pipe:aws s3 cp s3://bucket/train-000000.tar -``), so the same config streams from
@@ -15,7 +15,10 @@ Accepted specs (also as a list mixing them):
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
+import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,13 +26,24 @@ import torch
 import webdataset as wds
 from webdataset.shardlists import expand_urls
 
-__all__ = ["expand_shards", "iter_shard", "rank_and_world"]
+__all__ = ["MANIFEST", "count_samples", "expand_shards", "is_url", "iter_shard", "rank_and_world"]
 
 _GLOB_CHARS = ("*", "?", "[")
 
 
-def _is_url(spec: str) -> bool:
+MANIFEST = "manifest.json"
+"""The file beside a split's shards that counts their samples (written by ``anchorbind world`` / ``shards``)."""
+
+_SAMPLE_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]")
+"""webdataset's rule: a member's sample key is its path up to the first dot of the file name."""
+
+
+def is_url(spec: str) -> bool:
+    """A spec that is not a local path (``pipe:``, ``http://``, ``s3://``, ...): it cannot be checked here."""
     return spec.startswith("pipe:") or "://" in spec
+
+
+_is_url = is_url
 
 
 def expand_shards(shards: str | Path | Sequence[str | Path]) -> list[str]:
@@ -44,7 +58,8 @@ def expand_shards(shards: str | Path | Sequence[str | Path]) -> list[str]:
     for spec in specs:
         spec = os.fspath(spec)
         if not _is_url(spec) and Path(spec).is_dir():
-            found = sorted(str(p) for p in Path(spec).glob("*.tar"))
+            # hidden names are never shards (writers' temporaries: anchorbind.data.tempfiles)
+            found = sorted(str(p) for p in Path(spec).glob("*.tar") if not p.name.startswith("."))
             if not found:
                 raise FileNotFoundError(f"shard directory {spec} contains no .tar files")
             urls.extend(found)
@@ -81,3 +96,58 @@ def iter_shard(url: str | Path) -> Iterator[dict]:
     must not mistake a readable prefix for the whole shard.
     """
     yield from wds.DataPipeline(wds.SimpleShardList([str(url)]), wds.tarfile_to_samples())
+
+
+def _manifest_counts(folder: Path) -> dict[str, int]:
+    """``{shard file name: samples}`` from ``folder/manifest.json``; empty when absent or unreadable."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+        return {str(entry["name"]): int(entry["samples"]) for entry in data["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _tar_samples(url: str, stop_at: int | None) -> int | None:
+    """Samples in a local tar from its member headers (no member is read); None when it cannot be listed."""
+    count, last = 0, None
+    try:
+        with tarfile.open(url) as archive:
+            for member in archive:
+                match = _SAMPLE_KEY.match(member.name) if member.isfile() else None
+                if match and match.group(1) != last:
+                    count, last = count + 1, match.group(1)
+                    if stop_at is not None and count >= stop_at:
+                        break
+    except (OSError, tarfile.TarError):
+        return None
+    return count
+
+
+def count_samples(urls: Sequence[str], *, at_least: int | None = None) -> int | None:
+    """How many samples local shards hold, found cheaply; None when that cannot be told without streaming.
+
+    Each shard's count comes from the ``manifest.json`` beside it when that lists the shard, else
+    from its tar headers (samples are consecutive members sharing a key). With ``at_least``,
+    counting stops once that many samples are found (the result is then ``>= at_least``, not the
+    total), so asking "are there at least N?" reads a few headers even of a large dataset.
+
+    Returns:
+        The count, or None when a shard is a URL, missing, or not a readable tar.
+    """
+    manifests: dict[Path, dict[str, int]] = {}
+    total = 0
+    for url in urls:
+        path = Path(url)
+        if is_url(url) or not path.is_file():
+            return None
+        if path.parent not in manifests:
+            manifests[path.parent] = _manifest_counts(path.parent)
+        listed = manifests[path.parent].get(path.name)
+        if listed is None:
+            listed = _tar_samples(url, None if at_least is None else at_least - total)
+            if listed is None:
+                return None
+        total += listed
+        if at_least is not None and total >= at_least:
+            break
+    return total

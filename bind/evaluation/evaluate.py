@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from anchorbind.errors import ConfigError, InputError
+from anchorbind.errors import ConfigError, InputError, ModelFileError, UnknownModalityError
 from anchorbind.evaluation.alignment import alignment_section
 from anchorbind.evaluation.arithmetic import arithmetic_section
 from anchorbind.evaluation.checkpoint_alignment import checkpoint_alignment
@@ -51,12 +51,33 @@ MAX_ERROR_EXAMPLES = 20
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
-    """The run's resolved training config (``{}`` for a model saved without one)."""
+    """The run's resolved training config (``{}`` for a model saved without one).
+
+    A run without a model is a data problem (exit 1), as is an unreadable ``config.yaml``.
+    """
     if not (run_dir / "model" / "config.json").is_file():
-        raise ConfigError(f"{run_dir}: no trained model (expected {run_dir / 'model' / 'config.json'}); "
-                          "pass the output_dir of `anchorbind train`")
+        raise ModelFileError(f"{run_dir}: no trained model (expected {run_dir / 'model' / 'config.json'}); "
+                             "pass the output_dir of `anchorbind train`")
     path = run_dir / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ModelFileError(f"{path}: unreadable run config ({' '.join(str(err).split())})") from err
+    if config is not None and not isinstance(config, dict):
+        raise ModelFileError(f"{path}: unreadable run config (a {type(config).__name__}, not a mapping)")
+    return config or {}
+
+
+def _load_model(run_dir: Path) -> BindModel:
+    """``run_dir/model``; a saved config that no longer builds (bad key, plugin not installed) is a damaged model."""
+    try:
+        return BindModel.from_pretrained(run_dir / "model")
+    except (ConfigError, UnknownModalityError) as err:
+        if isinstance(err, ModelFileError):
+            raise
+        raise ModelFileError(f"{run_dir / 'model'}: the saved model cannot be rebuilt ({err})") from err
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -68,7 +89,7 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 def _load_and_embed(run_dir: Path, shards: str, *, ignore: Sequence[str], batch_size: int, num_workers: int,
                     device: torch.device) -> tuple[BindModel, dict[str, Any], EmbeddingSet, dict[str, int]]:
     config = _run_config(run_dir)
-    model = BindModel.from_pretrained(run_dir / "model").to(device).eval()
+    model = _load_model(run_dir).to(device).eval()
     ignored = check_shards(shards, model.modalities, ignore=ignore, source=f"the model in {run_dir}")
     emb = extract_embeddings(model, shards, batch_size=batch_size, num_workers=num_workers)
     if not emb.keys:
@@ -114,7 +135,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _compare_block(other_dir: Path, shards: str, config: EvalConfig) -> dict[str, Any]:
     """Visiocentrism of another run on the same shards (evaluated now unless it already was)."""
     path = other_dir / METRICS_FILE
-    data = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = {}  # unreadable: evaluated again below
     if data.get("shards") != str(shards) or "visiocentrism" not in data:
         data = evaluate_run(other_dir, shards, replace(config, baselines=(), compare=(), checkpoint_samples=0,
                                                         ignore_modalities=tuple(member_readers())))
@@ -179,9 +203,11 @@ def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = N
         The content of ``metrics.json``.
 
     Raises:
-        ConfigError: ``run_dir`` (or a baseline / compare run) holds no trained model.
-        InputError: the shards name nothing, hold no readable sample, or carry a modality the
-            model has no plugin for (unless listed in ``ignore_modalities``).
+        ModelFileError: ``run_dir`` (or a baseline / compare run) holds no trained model, or a
+            damaged one (unreadable files, a saved config that no longer builds).
+        InputError: the shards name nothing, hold no readable sample, carry a modality the
+            model has no plugin for (unless listed in ``ignore_modalities``), or carry none of
+            the modalities the model's plugins embed.
     """
     config = config or EvalConfig()
     baselines, compare = config.baselines, config.compare

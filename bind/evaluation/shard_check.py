@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from anchorbind.data.shardlist import expand_shards
+from anchorbind.data.shardlist import expand_shards, is_url
 from anchorbind.errors import AnchorBindError, InputError
 from anchorbind.image_processor import IMAGE_SAMPLE_KEYS
 from anchorbind.registry import ANCHOR_MODALITY, get_plugin_class, list_modalities
@@ -43,12 +43,17 @@ def shard_modalities(shards: str | Sequence[str]) -> dict[str, int] | None:
         URL cannot be listed without streaming it).
 
     Raises:
-        InputError: the spec names no shard, or a local shard cannot be opened as a tar.
+        InputError: the spec names no shard, a local shard does not exist, or one cannot be opened
+            as a tar.
     """
     try:
         urls = expand_shards(shards)
     except FileNotFoundError as err:
         raise InputError(str(shards), str(err)) from err
+    missing = [url for url in urls if not is_url(url) and not Path(url).is_file()]
+    if missing:
+        count = "" if len(urls) == 1 else f" ({len(missing)} of {len(urls)} shards missing)"
+        raise InputError(missing[0], f"no such shard file{count}")
     if not all(Path(url).is_file() for url in urls):
         return None
     readers = member_readers()
@@ -84,7 +89,8 @@ def check_shards(shards: str | Sequence[str], model_modalities: Sequence[str], *
         ``{modality: samples}`` of the ignored modalities (empty when the shards cannot be listed).
 
     Raises:
-        InputError: the shards carry a modality the model has no plugin for, not in ``ignore``.
+        InputError: the shards carry a modality the model has no plugin for, not in ``ignore``, or
+            none of the modalities of the model's plugins.
     """
     carried = shard_modalities(shards)
     if carried is None:
@@ -96,4 +102,9 @@ def check_shards(shards: str | Sequence[str], model_modalities: Sequence[str], *
         flags = " ".join(f"--ignore-modality {name}" for name in refused)
         raise InputError(str(shards), f"the shards carry {listed}, which {source} has no plugin for "
                                       f"(it has {sorted(model_modalities)}); pass {flags} to evaluate without it")
+    plugins = sorted(set(model_modalities) - {ANCHOR_MODALITY})
+    if plugins and not set(plugins) & set(carried):
+        found = ", ".join(f"{name} ({n} samples)" for name, n in sorted(carried.items())) or "no registered modality"
+        raise InputError(str(shards), f"the shards carry none of the modalities {source} was trained for "
+                                      f"({', '.join(plugins)}); they carry {found}")
     return extra

@@ -6,6 +6,12 @@ every process has finished, so ``latest_checkpoint`` only ever sees whole checkp
 
 Counters (step, samples seen, skipped steps) are stored as JSON beside accelerate's files rather
 than through ``register_for_checkpointing``, which would unpickle them on load.
+
+The model part is only what training changes: ``bind_model/`` is ``BindModel.save_pretrained``
+(the trainable weights and plugin buffers as safetensors, plus ``config.json``), and accelerate is
+told not to save the wrapped model (which would also hold the frozen anchor and frozen backbones,
+~17x the trainable weights). The frozen parts are rebuilt from the config, identically, by the
+resumed run. Everything is read back with safetensors or ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -17,11 +23,25 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-__all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+from anchorbind.errors import ModelFileError
+
+__all__ = ["MODEL_DIR", "latest_checkpoint", "load_checkpoint", "read_checkpoint_file", "save_checkpoint"]
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step-"
+MODEL_DIR = "bind_model"
+"""The checkpoint's model part: a loadable ``BindModel.save_pretrained`` folder."""
+
+
+def _skip_model_weights(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+    weights.clear()  # save_state pre-hook: the trainable part is saved as MODEL_DIR instead
+
+
+def _skip_model_loading(models: list[Any], input_dir: str) -> None:
+    models.clear()  # load_state pre-hook: restored from MODEL_DIR by load_checkpoint
 
 
 def _final_dir(root: Path, step: int) -> Path:
@@ -29,12 +49,20 @@ def _final_dir(root: Path, step: int) -> Path:
 
 
 def save_checkpoint(
-    accelerator: Accelerator, root: str | os.PathLike[str], state: dict[str, Any], *, keep: int
+    accelerator: Accelerator,
+    root: str | os.PathLike[str],
+    state: dict[str, Any],
+    *,
+    model: Any,
+    keep: int,
+    files: dict[str, Any] | None = None,
 ) -> Path:
-    """Save accelerate's state plus ``state`` (JSON) as ``root/step-XXXXXXXX``, atomically.
+    """Save ``model``'s trainable part, accelerate's optimiser, scheduler and RNG states, ``state``
+    (JSON) and ``files`` (``{name: JSON-able}``) as ``root/step-XXXXXXXX``, atomically.
 
-    Every process must call this (accelerate saves per-process RNG states). Older checkpoints
-    beyond the ``keep`` newest are removed by the main process.
+    Every process must call this (accelerate saves per-process RNG states). ``model`` is the
+    unwrapped ``BindModel``. Older checkpoints beyond the ``keep`` newest are removed by the main
+    process.
     """
     root = Path(root)
     step = int(state["step"])
@@ -44,9 +72,16 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    handle = accelerator.register_save_state_pre_hook(_skip_model_weights)
+    try:
+        accelerator.save_state(str(tmp))
+    finally:
+        handle.remove()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        model.save_pretrained(tmp / MODEL_DIR)
+        for name, data in (files or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=2))
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
         if final.exists():
             shutil.rmtree(final)
@@ -65,8 +100,37 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
     return max(candidates, key=lambda p: json.loads((p / STATE_FILE).read_text())["step"])
 
 
-def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Restore accelerate's state from ``path`` and return the saved trainer counters."""
+def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike[str], *, model: Any) -> dict[str, Any]:
+    """Restore ``model``'s trainable part and accelerate's state from ``path``; returns the trainer counters.
+
+    Raises:
+        ModelFileError: naming the file, when the model part is missing, corrupt or does not match
+            ``model`` (another config).
+    """
     path = Path(path)
-    accelerator.load_state(str(path))
+    weights = path / MODEL_DIR / "model.safetensors"
+    try:
+        saved = load_file(str(weights), device=str(model.device))
+    except (OSError, SafetensorError) as err:
+        raise ModelFileError(f"{weights}: cannot restore the checkpoint's model ({err})") from err
+    expected = model.trainable_state_dict()
+    missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & saved.keys() if saved[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise ModelFileError(f"{weights}: does not match this run's model (missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}, wrong shape {wrong[:5]})")
+    model.load_state_dict(saved, strict=False)
+    handle = accelerator.register_load_state_pre_hook(_skip_model_loading)
+    try:
+        accelerator.load_state(str(path))
+    finally:
+        handle.remove()
     return json.loads((path / STATE_FILE).read_text())
+
+
+def read_checkpoint_file(path: str | os.PathLike[str], name: str) -> Any:
+    """A JSON file saved through ``save_checkpoint(files=...)``, or None when absent or unreadable."""
+    try:
+        return json.loads((Path(path) / name).read_text())
+    except (OSError, ValueError):
+        return None

@@ -6,6 +6,7 @@ A YAML file mirrors :class:`TrainConfig` section by section (see ``configs/demo.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,7 @@ class TrainConfig:
         }.items():
             if value < 1:
                 problems.append(f"{key} must be >= 1, got {value}")
+        problems += self._value_problems()
         known = set(self.model.modalities)
         for name in self.loss.weights:
             if name not in known:
@@ -140,9 +142,87 @@ class TrainConfig:
         for pair in self.loss.direct_pairs:
             if len(pair) != 2 or not set(pair) <= known or pair[0] == pair[1]:
                 problems.append(f"loss.direct_pairs entry {pair} must be two different modalities of {sorted(known)}")
+        problems += self._output_dir_problems()
+        if not problems:  # the filesystem is read only for an otherwise valid config
+            problems += self._shard_problems()
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
         return self
+
+    def _value_problems(self) -> list[str]:
+        """Numbers whose type is right but whose value no run can use: key, allowed values, value given."""
+        optim, data = self.optim, self.data
+        problems = []
+        for key, value in {"optim.lr": optim.lr, "optim.eps": optim.eps}.items():
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"{key} must be a number > 0, got {value}")
+        if not (math.isfinite(optim.weight_decay) and optim.weight_decay >= 0):
+            problems.append(f"optim.weight_decay must be a number >= 0, got {optim.weight_decay}")
+        if not all(0 <= beta < 1 for beta in optim.betas):
+            problems.append(f"optim.betas must be two numbers in [0, 1), got {list(optim.betas)}")
+        if optim.grad_clip_norm is not None and not (optim.grad_clip_norm > 0 and math.isfinite(optim.grad_clip_norm)):
+            problems.append(f"optim.grad_clip_norm must be a number > 0, or null for no clipping, got "
+                            f"{optim.grad_clip_norm}")
+        for key, value in {"optim.warmup_steps": optim.warmup_steps, "data.num_workers": data.num_workers,
+                           "data.shuffle_buffer": data.shuffle_buffer}.items():
+            if value < 0:
+                problems.append(f"{key} must be an integer >= 0, got {value}")
+        if not 0 <= self.seed < 2**32:
+            problems.append(f"seed must be an integer in [0, 2**32), got {self.seed}")
+        for name, weight in self.loss.weights.items():
+            if not (math.isfinite(weight) and weight >= 0):
+                problems.append(f"loss.weights.{name} must be a number >= 0, got {weight}")
+        return problems
+
+    def _output_dir_problems(self) -> list[str]:
+        """``output_dir`` (or a folder above it) is an existing file: nothing could be written there."""
+        if not self.output_dir:
+            return ["output_dir must name a directory, got ''"]
+        path = Path(self.output_dir)
+        for folder in (path, *path.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    what = "is" if folder == path else f"is under {str(folder)!r}, which is"
+                    return [f"output_dir {self.output_dir!r} {what} a file, not a directory; "
+                            "give a new or existing directory"]
+                break
+        return []
+
+    def _shard_problems(self) -> list[str]:
+        """Local shard specs that name no file, and a batch larger than the training shards hold.
+
+        URLs (``pipe:``, ``http://``, ``s3://``, ...) cannot be checked without streaming them and are
+        left to the loader. The sample count comes from the split's ``manifest.json`` or the tar
+        headers (:func:`~anchorbind.data.shardlist.count_samples`), reading no more than a batch.
+        """
+        from anchorbind.data.shardlist import count_samples, expand_shards, is_url
+
+        problems = []
+        allowed = "a .tar file, a directory of .tar files, a glob, brace notation or a URL"
+        for key, spec in (("data.train_shards", self.data.train_shards), ("data.eval_shards", self.data.eval_shards)):
+            if not spec:
+                continue
+            try:
+                urls = expand_shards(spec)
+            except (FileNotFoundError, ValueError) as err:
+                problems.append(f"{key} {spec!r}: {err} (expected {allowed})")
+                continue
+            local = [url for url in urls if not is_url(url)]
+            missing = [url for url in local if not Path(url).is_file()]
+            empty = [url for url in local if url not in missing and Path(url).stat().st_size == 0]
+            if missing:
+                where = "" if Path(missing[0]).is_absolute() else f" (relative to {Path.cwd()})"
+                what = ("no such file or directory" if len(urls) == 1
+                        else f"{len(missing)} of {len(urls)} shards not found, first: {missing[0]}")
+                problems.append(f"{key} {spec!r}: {what}{where} (expected {allowed})")
+            if empty:
+                problems.append(f"{key} {spec!r}: {len(empty)} shard(s) are empty files, first: {empty[0]}")
+            if key == "data.train_shards" and not missing and not empty:
+                found = count_samples(urls, at_least=self.data.batch_size)
+                if found is not None and found < self.data.batch_size:
+                    problems.append(f"data.batch_size must be <= the {found} samples in data.train_shards {spec!r} "
+                                    f"(a training batch holds distinct samples), got {self.data.batch_size}")
+        return problems
 
 
 def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -11,6 +11,8 @@ Launch lines::
 
     # overrides, and exact resume from the newest checkpoint in output_dir
     anchorbind train --config demo --set optim.lr=3e-4 --set steps=500 --resume
+    # one run per output_dir: a fresh start over an existing run needs --resume or --overwrite
+    anchorbind train --config demo --overwrite
 
 The loop reads top to bottom: set-up, then one step per iteration (forward, loss, backward,
 clip, step), with logging and checkpoints on the side. Everything distributed goes through
@@ -24,40 +26,42 @@ same batches (and the same RNG states, restored by accelerate) as an uninterrupt
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from anchorbind.config import config_to_dict
 from anchorbind.data.cache import shards_have_anchor_cache
 from anchorbind.data.loader import build_loader
+from anchorbind.errors import AnchorBindError, ConfigError, debug_enabled, exit_code
 from anchorbind.losses.binding import BindingLoss
 from anchorbind.model import BindModel
 from anchorbind.registry import ANCHOR_MODALITY
-from anchorbind.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from anchorbind.train.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_file, save_checkpoint
 from anchorbind.train.config import TrainConfig, load_train_config
-from anchorbind.train.log import TrainLogger
+from anchorbind.train.log import DECODE_ERRORS_FILE, DecodeErrorLog, TrainLogger, write_json_atomic
 from anchorbind.train.optim import build_optimizer, build_scheduler
+from anchorbind.train.rundir import RunDirPlan, RunLock, check_output_dir, prepare_run_dir
 
 __all__ = ["NonFiniteLossError", "main", "train"]
 
 log = logging.getLogger("anchorbind.train")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised after ``max_nonfinite_steps`` consecutive steps with a NaN/inf loss."""
+class NonFiniteLossError(AnchorBindError, RuntimeError):
+    """Raised after ``max_nonfinite_steps`` consecutive steps with a NaN/inf loss (CLI: one line, exit 1)."""
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -71,8 +75,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.optim.grad_accum_steps,
         step_scheduler_with_optimizer=False,
-        # a batch may lack a modality entirely, leaving that plugin's parameters unused
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # no find_unused_parameters: a plugin whose modality a batch lacks still gets (zero)
+        # gradients through _idle_term, so DDP needs no extra graph traversal (nor warns about it)
         log_with="tensorboard",
         project_dir=cfg.output_dir,
     )
@@ -117,10 +121,94 @@ def segment_batches(cfg: TrainConfig, model: BindModel, start_step: int, use_cac
     yield from loader
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Run training; returns the summary also written to ``output_dir/train_summary.json``."""
-    output_dir = Path(cfg.output_dir)
+def _main_process_decides(accelerator: Accelerator, decide: Callable[[], RunDirPlan]) -> RunDirPlan:
+    """Run ``decide`` on the main process only and hand its result (or its error) to every process.
+
+    The other processes wait in the broadcast (a barrier); when the main process refuses, they
+    raise the same error instead of hanging or failing on their own.
+    """
+    plan: RunDirPlan | None = None
+    error: BaseException | None = None
+    if accelerator.is_main_process:
+        try:
+            plan = decide()
+        except Exception as err:  # sent to the other processes, then raised here
+            error = err
+    remote: tuple[bool, str] | None = None
+    if accelerator.num_processes > 1:
+        reason = None if error is None else (isinstance(error, ConfigError), " ".join(str(error).split()))
+        message: list[Any] = [plan, reason]
+        broadcast_object_list(message, from_process=0)
+        plan, remote = message
+    if error is not None:
+        raise error
+    if remote is not None:
+        is_config, text = remote
+        raise (ConfigError if is_config else AnchorBindError)(text)
+    assert plan is not None
+    return plan
+
+
+def _idle_term(params: list[torch.Tensor]) -> torch.Tensor:
+    """``0 * sum(params)``: gives every parameter of a plugin absent from this batch a (zero) gradient.
+
+    DDP (without ``find_unused_parameters``) needs a gradient for every trainable parameter in every
+    backward; a plugin whose modality is missing from a process's batch would otherwise have none.
+    """
+    return sum(p.sum() for p in params) * 0.0
+
+
+def _gather_decode_errors(accelerator: Accelerator, total: DecodeErrorLog, pending: DecodeErrorLog) -> None:
+    """Merge every process's ``pending`` errors into ``total`` (identical on every process)."""
+    parts = gather_object([pending.to_dict()]) if accelerator.num_processes > 1 else [pending.to_dict()]
+    for part in parts:
+        total.merge(part)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run training; returns the summary also written to ``output_dir/train_summary.json``.
+
+    One run per ``output_dir`` (:mod:`anchorbind.train.rundir`): the main process locks it for the
+    run, a fresh start over an existing run is refused unless ``resume`` (continue it; the config may
+    differ only in ``steps`` and cosmetic keys) or ``overwrite`` (delete it first). ``resume`` on a
+    finished run does nothing and returns its summary.
+
+    Raises:
+        ConfigError: ``output_dir`` is a file, is in use by another run, holds another run, or the
+            resumed run's saved config differs (all before any model is built).
+        NonFiniteLossError: ``max_nonfinite_steps`` non-finite losses in a row.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run in output_dir, or replace it")
+    output_dir = check_output_dir(cfg.output_dir)
     accelerator = make_accelerator(cfg)
+    lock: RunLock | None = None
+
+    def decide() -> RunDirPlan:
+        nonlocal lock
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"output_dir {output_dir} cannot be created ({err.strerror or err})") from err
+        lock = RunLock.acquire(output_dir)
+        return prepare_run_dir(output_dir, config_to_dict(cfg), steps=cfg.steps, resume=resume, overwrite=overwrite)
+
+    try:
+        plan = _main_process_decides(accelerator, decide)
+        if plan.finished:
+            if accelerator.is_main_process:
+                log.info("%s: the run already finished at step %d (model in %s); nothing to do",
+                         output_dir, cfg.steps, output_dir / "model")
+            return plan.summary
+        if overwrite and plan.found and accelerator.is_main_process:
+            log.info("--overwrite: removed the previous run in %s (%s)", output_dir, ", ".join(plan.found))
+        return _run(cfg, accelerator, output_dir, resume=resume)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume: bool) -> dict[str, Any]:
     set_seed(cfg.seed)
     model = BindModel.from_config(cfg.model)
     if cfg.compile:
@@ -138,21 +226,26 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     bind_model: BindModel = accelerator.unwrap_model(model)
+    plugin_names = list(bind_model.plugins)
+    trainable = {name: [p for p in bind_model.plugins[name].parameters() if p.requires_grad] for name in plugin_names}
 
-    state = {"step": 0, "samples": 0, "skipped_steps": 0, "decode_errors": 0}
+    state: dict[str, Any] = {"step": 0, "samples": 0, "skipped_steps": 0, "decode_errors": 0}
+    decode_errors, pending_errors = DecodeErrorLog(), DecodeErrorLog()
     checkpoints = output_dir / "checkpoints"
     if resume:
         found = latest_checkpoint(checkpoints)
         if found is None:
             accelerator.print(f"--resume: no checkpoint in {checkpoints}; starting from step 0")
         else:
-            state.update(load_checkpoint(accelerator, found))
+            state.update(load_checkpoint(accelerator, found, model=bind_model))
+            decode_errors = DecodeErrorLog.from_dict(read_checkpoint_file(found, DECODE_ERRORS_FILE))
             accelerator.print(f"resumed from {found} at step {state['step']}")
 
-    logger = TrainLogger(accelerator, output_dir, config=config_to_dict(cfg), resume=state["step"] > 0)
+    logger = TrainLogger(accelerator, output_dir, config=config_to_dict(cfg), resume_step=state["step"])
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        tmp = output_dir / ".config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        os.replace(tmp, output_dir / "config.yaml")
     accelerator.print(
         f"parameters: {counts['trainable']:,} trainable, {counts['frozen']:,} frozen | "
         f"processes: {accelerator.num_processes} | anchor: {'cache' if use_cache else 'live'} | "
@@ -171,9 +264,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         if batches is None or state["step"] % cfg.checkpoint_every == 0:
             batches = segment_batches(cfg, bind_model, state["step"], use_cache)
         step_finite, step_samples = True, 0
+        seen = [0.0] * len(plugin_names)  # processes x micro-batches that had each plugin's modality
         for _ in range(cfg.optim.grad_accum_steps):
             batch = next(batches)
-            state["decode_errors"] += len(batch.get("errors", ()))
+            pending_errors.add(batch.get("errors", ()), step=state["step"] + 1)
             step_samples += len(batch["__key__"]) * accelerator.num_processes
             with accelerator.accumulate(model):
                 out = model(batch)
@@ -181,15 +275,32 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 for name, value in out["native"].items():
                     terms[f"native/{name}"] = value
                     terms["loss"] = terms["loss"] + value
-                # every process must take the same branch, or the collectives below would hang
-                finite = torch.isfinite(terms["loss"].detach()).float()
-                step_finite &= accelerator.reduce(finite, reduction="sum").item() == accelerator.num_processes
+                present = [name in out["embeddings"] for name in plugin_names]
+                # one all-reduce: is the loss finite everywhere, and where was each modality present?
+                # Every process must take the same branch, or the collectives below would hang.
+                flags = torch.cat([torch.isfinite(terms["loss"].detach()).float().reshape(1),
+                                   torch.tensor(present, dtype=torch.float32, device=terms["loss"].device)])
+                flags = accelerator.reduce(flags, reduction="sum").tolist()
+                step_finite &= flags[0] == accelerator.num_processes
+                seen = [s + f for s, f in zip(seen, flags[1:], strict=True)]
                 if not step_finite:
                     optimizer.zero_grad(set_to_none=True)
                     continue
-                accelerator.backward(terms["loss"])
-                if accelerator.sync_gradients and cfg.optim.grad_clip_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
+                loss = terms["loss"]
+                idle = [p for name, here in zip(plugin_names, present, strict=True) if not here
+                        for p in trainable[name]]
+                if idle:
+                    loss = loss + _idle_term(idle)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    # a plugin no process saw in this step is left alone (no weight decay, no momentum),
+                    # as a single process would leave it: its zero gradients from _idle_term are dropped
+                    for name, count in zip(plugin_names, seen, strict=True):
+                        if count == 0:
+                            for param in trainable[name]:
+                                param.grad = None
+                    if cfg.optim.grad_clip_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         scheduler.step()
@@ -197,6 +308,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         state["samples"] += step_samples
         window_samples += step_samples
         progress.update(1)
+        if state["step"] == cfg.steps:
+            state["final_loss"] = float(terms["loss"].detach())
         if step_finite:
             consecutive_nonfinite = 0
         else:
@@ -217,26 +330,37 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             scalars["lr"] = scheduler.get_last_lr()[0]
             scalars["samples_per_s"] = window_samples / max(elapsed, 1e-9)
             scalars["skipped_steps"] = state["skipped_steps"]
-            scalars["decode_errors"] = state["decode_errors"]
+            not_yet_merged = torch.tensor(float(pending_errors.count), device=terms["loss"].device)
+            scalars["decode_errors"] = decode_errors.count + int(accelerator.reduce(not_yet_merged, "sum").item())
             logger.log(state["step"], scalars)
             progress.set_postfix(loss=f"{scalars['loss']:.4f}", sps=f"{scalars['samples_per_s']:.1f}")
             window_start, window_samples = time.perf_counter(), 0
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
-            path = save_checkpoint(accelerator, checkpoints, state, keep=cfg.keep_checkpoints)
+            _gather_decode_errors(accelerator, decode_errors, pending_errors)
+            pending_errors = DecodeErrorLog()
+            state["decode_errors"] = decode_errors.count
+            save_checkpoint(accelerator, checkpoints, state, model=bind_model, keep=cfg.keep_checkpoints,
+                            files={DECODE_ERRORS_FILE: decode_errors.to_dict()})
             if accelerator.is_main_process:
-                bind_model.save_pretrained(path / "bind_model")
+                write_json_atomic(output_dir / DECODE_ERRORS_FILE, decode_errors.to_dict())
     progress.close()
 
+    # the last step is always checkpointed, so every decode error is merged by now
     summary = {
         **state,
+        "decode_errors": decode_errors.count,
         "parameters": counts,
         "processes": accelerator.num_processes,
         "anchor_source": "cache" if use_cache else "live",
-        "final_loss": float(terms["loss"].detach()) if state["step"] else math.nan,
+        "final_loss": state.get("final_loss", math.nan),
     }
     if accelerator.is_main_process:
+        # a kill between the final checkpoint and here leaves a run that --resume finishes
         bind_model.save_pretrained(output_dir / "model")
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(output_dir / DECODE_ERRORS_FILE, decode_errors.to_dict())
+        write_json_atomic(output_dir / "train_summary.json", summary)
+        log.info("finished at step %d: model in %s; %d decode error(s)%s", state["step"], output_dir / "model",
+                 decode_errors.count, f" (see {output_dir / DECODE_ERRORS_FILE})" if decode_errors.count else "")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
@@ -249,8 +373,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--output-dir", help="shortcut for --set output_dir=DIR")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in output_dir from its newest checkpoint (a finished run: nothing "
+                            "to do); the config may differ only in steps, log_every, keep_checkpoints, "
+                            "data.eval_shards")
+    group.add_argument("--overwrite", action="store_true",
+                       help="delete the run already in output_dir (checkpoints, model, logs) and start again")
     return parser
+
+
+def _quiet_secondary_process() -> None:
+    """Processes other than the main one print warnings and errors only (no info lines, no bars)."""
+    with contextlib.suppress(Exception):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,9 +397,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_train_config(args.config, overrides)
-    train(cfg, resume=args.resume)
+    # under accelerate/torchrun every process runs this; only the main one (RANK 0) talks
+    main_process = int(os.environ.get("RANK", "0") or 0) == 0
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # its "saving state" lines at each checkpoint
+    if not main_process:
+        _quiet_secondary_process()
+    try:
+        cfg = load_train_config(args.config, overrides)
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except AnchorBindError as err:
+        if not main_process and not debug_enabled():
+            return exit_code(err)  # the main process reports it, once
+        raise
     return 0
 
 

@@ -28,6 +28,17 @@ class AudioConfig(PluginConfig):
         mean, std: normalisation of the log-mel values (ImageBind's AudioSet statistics).
         min_duration: shorter inputs are refused (seconds). At least one 25 ms fbank frame.
 
+    Input limits (an input beyond them is an :class:`~anchorbind.errors.InputError` naming it):
+        max_duration: longer inputs are refused (seconds; ``None``: no limit). 600 s: only the
+            clips' frames are decoded, so a long file costs no more than a short one, but three
+            2 s clips stand for ten minutes poorly (cut longer recordings into pieces), and a
+            limit read from the header also stops a corrupt or hostile header declaring hours.
+        max_amplitude: an input with a sample beyond ``±max_amplitude`` (among the frames read)
+            is refused (``None``: no limit). Float audio lies in [-1, 1]; codecs and mixes
+            overshoot by a few dB. 100 (+40 dBFS) refuses integer PCM stored as float (peaks up
+            to 32768) and garbage such as 1e30, whose power spectrum overflows to inf and
+            whose NaN embedding would otherwise stop training. Integer PCM is always in range.
+
     Trunk (a 1-channel timm ``VisionTransformer`` over the ``1 x num_mel_bins x target_length``
     spectrogram, zero-padded to whole patches; the defaults are tiny, for a CPU):
         patch_size, width, depth, num_heads, mlp_ratio, drop_path_rate: ViT shape; ``width`` is
@@ -58,6 +69,8 @@ class AudioConfig(PluginConfig):
     mean: float = -4.268
     std: float = 9.138
     min_duration: float = 0.1
+    max_duration: float | None = 600.0
+    max_amplitude: float | None = 100.0
 
     patch_size: int = 16
     width: int = 128
@@ -93,6 +106,10 @@ class AudioConfig(PluginConfig):
                 yield f"{key} must be positive, got {value}"
         if self.min_duration < FRAME_LENGTH_MS / 1000:
             yield f"min_duration must be at least one fbank frame ({FRAME_LENGTH_MS / 1000} s), got {self.min_duration}"
+        if self.max_duration is not None and not self.max_duration >= self.min_duration:
+            yield f"max_duration must be at least min_duration ({self.min_duration} s) or null, got {self.max_duration}"
+        if self.max_amplitude is not None and not self.max_amplitude > 0:
+            yield f"max_amplitude must be positive or null, got {self.max_amplitude}"
         if self.width > 0 and self.num_heads > 0 and self.width % self.num_heads:
             yield f"width {self.width} is not divisible by num_heads {self.num_heads}"
         if not 0.0 <= self.drop_path_rate < 1.0:

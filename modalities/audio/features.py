@@ -25,8 +25,10 @@ __all__ = [
     "FRAME_LENGTH_MS",
     "FRAME_SHIFT_MS",
     "clip_bounds",
+    "clip_windows",
     "fbank_clip",
     "random_clip_bounds",
+    "segments_to_clips",
     "waveform_to_clips",
 ]
 
@@ -55,6 +57,23 @@ def random_clip_bounds(num_samples: int, sample_rate: int, clip_duration: float,
     length = int(clip_duration * sample_rate)
     starts = torch.randint(0, max(num_samples - length, 0) + 1, (clips,)).tolist()
     return [(start, start + length) for start in starts]
+
+
+def clip_windows(bounds: list[tuple[int, int]], num_samples: int) -> list[tuple[int, int]]:
+    """The sample ranges ``[start, end)`` a waveform of ``num_samples`` must provide for ``bounds``.
+
+    Clips are cut to the waveform's end and overlapping or touching clips merged, so each range
+    is one contiguous read, in ascending order (what :func:`segments_to_clips` takes).
+    """
+    merged: list[list[int]] = []
+    for start, end in sorted((start, min(end, num_samples)) for start, end in bounds):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
 
 
 def fbank_clip(clip: torch.Tensor, sample_rate: int, num_mel_bins: int, target_length: int) -> torch.Tensor:
@@ -92,10 +111,36 @@ def waveform_to_clips(
         num_mel_bins, target_length: fbank size.
         mean, std: normalisation, ``(log_mel - mean) / std``.
     """
-    shared = waveform.detach().to(torch.float32, copy=True)
+    return segments_to_clips([(0, waveform)], sample_rate, bounds, num_mel_bins=num_mel_bins,
+                             target_length=target_length, mean=mean, std=std)
+
+
+def segments_to_clips(
+    segments: list[tuple[int, torch.Tensor]],
+    sample_rate: int,
+    bounds: list[tuple[int, int]],
+    *,
+    num_mel_bins: int,
+    target_length: int,
+    mean: float,
+    std: float,
+) -> torch.Tensor:
+    """:func:`waveform_to_clips` given only the parts of the waveform the clips cover.
+
+    Args:
+        segments: ``(first sample, samples)`` pieces of one mono waveform at ``sample_rate``, each
+            clip lying inside one of them (cut at the waveform's end), as
+            :func:`clip_windows` lays them out; the whole waveform is ``[(0, waveform)]``.
+        sample_rate, bounds, num_mel_bins, target_length, mean, std: as :func:`waveform_to_clips`.
+
+    A clip's mean is removed in place on its segment, so overlapping clips see each other's
+    mean removal exactly as they do on the whole waveform (module docstring).
+    """
+    shared = [(offset, samples.detach().to(torch.float32, copy=True)) for offset, samples in segments]
     specs = []
     for start, end in bounds:
-        clip = shared[start:end]
+        offset, samples = next(((o, s) for o, s in shared if o <= start < o + s.numel()), shared[0])
+        clip = samples[start - offset:end - offset]
         clip -= clip.mean()  # in place on the shared samples, as ImageBind (module docstring)
         specs.append((fbank_clip(clip, sample_rate, num_mel_bins, target_length) - mean) / std)
     return torch.stack(specs)

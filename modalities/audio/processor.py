@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
+from anchorbind.errors import InputError
 from anchorbind.modalities.audio.config import AudioConfig
-from anchorbind.modalities.audio.features import clip_bounds, random_clip_bounds, waveform_to_clips
-from anchorbind.modalities.audio.reading import read_waveform
+from anchorbind.modalities.audio.features import clip_bounds, random_clip_bounds, segments_to_clips
+from anchorbind.modalities.audio.reading import read_windows
 from anchorbind.processor import InputSource, Processor
 
 __all__ = ["AudioProcessor"]
@@ -27,6 +28,10 @@ class AudioProcessor(Processor):
     normalised with ImageBind's statistics. :meth:`load` returns
     ``(clips, 1, num_mel_bins, target_length)``; :meth:`collate` stacks to
     ``(B, clips, 1, num_mel_bins, target_length)`` float32.
+
+    Cost: a file's clips are chosen from its header and only their frames are decoded
+    (:func:`~anchorbind.modalities.audio.reading.read_windows`), so time and memory do not grow
+    with the file's length; files over ``max_duration`` are refused before decoding.
     """
 
     config: AudioConfig
@@ -42,16 +47,25 @@ class AudioProcessor(Processor):
 
         Raises:
             InputError: naming ``source`` and the reason (see
-                :func:`~anchorbind.modalities.audio.reading.read_waveform`).
+                :func:`~anchorbind.modalities.audio.reading.read_windows`): unreadable, truncated,
+                silent, NaN, too short or over ``max_duration``, samples beyond
+                ``max_amplitude``, or features that are not finite.
         """
         cfg = self.config
-        wave = read_waveform(source, cfg.sample_rate, cfg.min_duration)
-        if train:
-            bounds = random_clip_bounds(wave.numel(), cfg.sample_rate, cfg.clip_duration, cfg.train_clips_per_sample)
-        else:
-            bounds = clip_bounds(wave.numel(), cfg.sample_rate, cfg.clip_duration, cfg.clips_per_sample)
-        return waveform_to_clips(wave, cfg.sample_rate, bounds, num_mel_bins=cfg.num_mel_bins,
-                                 target_length=cfg.target_length, mean=cfg.mean, std=cfg.std)
+
+        def sampler(num_samples: int) -> list[tuple[int, int]]:
+            if train:
+                return random_clip_bounds(num_samples, cfg.sample_rate, cfg.clip_duration, cfg.train_clips_per_sample)
+            return clip_bounds(num_samples, cfg.sample_rate, cfg.clip_duration, cfg.clips_per_sample)
+
+        windows = read_windows(source, cfg.sample_rate, sampler, min_duration=cfg.min_duration,
+                               max_duration=cfg.max_duration, max_amplitude=cfg.max_amplitude)
+        clips = segments_to_clips(windows.segments, cfg.sample_rate, windows.bounds, num_mel_bins=cfg.num_mel_bins,
+                                  target_length=cfg.target_length, mean=cfg.mean, std=cfg.std)
+        if not torch.isfinite(clips).all():  # max_amplitude off or huge: the power spectrum overflowed
+            raise InputError(source, "the log-mel features are not finite (samples far outside [-1, 1]); "
+                                     "max_amplitude refuses such inputs by their peak", self.modality)
+        return clips
 
     def collate(self, samples: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stack samples from :meth:`load` (all with the same clip count) to ``(B, clips, 1, mel, frames)``."""

@@ -27,9 +27,14 @@ class DepthConfig(PluginConfig):
             almost always a visualisation that has lost its scale.
         max_invalid_fraction: a map with more than this fraction of pixels without a measurement
             (zero depth) is refused as unusable; fewer are filled (see ``max_depth``).
+        max_pixels: a map with more values than this is refused (``None``: no limit), a file
+            from its header (PNG size, ``.npy`` shape) before it is decoded. The default, 2**26
+            (~67 Mpx: 256 MiB per float32 copy, and preprocessing holds a few), is far above
+            any depth sensor (Kinect/RealSense ~1 Mpx) or stereo/monocular map (8K: 33 Mpx).
 
     Disparity:
-        min_depth, max_depth: depth is clipped to this range before conversion. 0.1 m is below
+        min_depth, max_depth: depth is clipped to this range before conversion (any finite
+            value: 1e30 m reads as ``max_depth``, 1e-30 m as ``min_depth``). 0.1 m is below
             the near limit of common RGB-D sensors (Kinect ~0.5 m, RealSense ~0.1-0.3 m) and
             20 m is beyond their far limit, so clipping only tames outliers; it also bounds the
             disparity at ``1/min_depth``. Pixels with no measurement are filled with
@@ -73,6 +78,7 @@ class DepthConfig(PluginConfig):
     png_scale: float = 1000.0
     allow_8bit_png: bool = False
     max_invalid_fraction: float = 0.9
+    max_pixels: int | None = 1 << 26
 
     min_depth: float = 0.1
     max_depth: float = 20.0
@@ -104,6 +110,8 @@ class DepthConfig(PluginConfig):
             yield f"png_scale must be positive, got {self.png_scale}"
         if not 0.0 <= self.max_invalid_fraction <= 1.0:
             yield f"max_invalid_fraction must be in [0, 1], got {self.max_invalid_fraction}"
+        if self.max_pixels is not None and self.max_pixels <= 0:
+            yield f"max_pixels must be positive or null, got {self.max_pixels}"
         if not 0.0 < self.min_depth < self.max_depth:
             yield f"need 0 < min_depth < max_depth, got {self.min_depth} and {self.max_depth}"
         if (self.baseline is None) != (self.focal is None):

@@ -71,7 +71,7 @@ class DepthProcessor(Processor):
         """
         cfg = self.config
         return read_depth(source, png_scale=cfg.png_scale, allow_8bit_png=cfg.allow_8bit_png,
-                          max_invalid_fraction=cfg.max_invalid_fraction)
+                          max_invalid_fraction=cfg.max_invalid_fraction, max_pixels=cfg.max_pixels)
 
     def disparity(self, source: InputSource) -> torch.Tensor:
         """The full-resolution, clipped, hole-filled disparity ``(H, W)`` of ``source``, before
@@ -89,7 +89,8 @@ class DepthProcessor(Processor):
 
         Raises:
             InputError: naming ``source`` and why it is not usable depth (unreadable, pickled
-                ``.npy``, 8-bit or colour PNG, wrong shape, NaN/inf, negative, too many holes).
+                ``.npy``, 8-bit or colour PNG, wrong shape, NaN/inf, negative, too many holes,
+                more than ``max_pixels`` values).
         """
         cfg = self.config
         reading = self.read(source)

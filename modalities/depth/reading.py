@@ -7,22 +7,28 @@ the content, not the name, so WebDataset samples (bytes) and misnamed files read
 
 A depth of 0 means "no measurement" (the NYU/SUN RGB-D convention for both PNG and arrays). Such
 pixels are reported in the ``invalid`` mask for the caller to fill; NaN, infinity and negative
-depths are not a convention anyone uses and are refused.
+depths are not a convention anyone uses and are refused. Every other finite value is kept as
+metres (values beyond float32's range, possible in a float64 array, become its largest value)
+and clipped to ``[min_depth, max_depth]`` by the processor, so 1e30 m reads as ``max_depth``
+and 1e-30 m as ``min_depth`` whatever the source's dtype.
+
+Size: a map with more than ``max_pixels`` values is refused before it is decoded: a PNG's size
+and a ``.npy``'s shape come from their headers, and a path is opened, not read into memory.
 """
 
 from __future__ import annotations
 
-import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from anchorbind.errors import InputError
-from anchorbind.plugin import read_bytes
+from anchorbind.processor import open_input
 
 __all__ = ["NPY_MAGIC", "PNG_MAGIC", "DepthReading", "read_depth"]
 
@@ -50,7 +56,12 @@ class DepthReading:
 
 
 def read_depth(
-    source: Any, *, png_scale: float = 1000.0, allow_8bit_png: bool = False, max_invalid_fraction: float = 1.0
+    source: Any,
+    *,
+    png_scale: float = 1000.0,
+    allow_8bit_png: bool = False,
+    max_invalid_fraction: float = 1.0,
+    max_pixels: int | None = None,
 ) -> DepthReading:
     """Read one depth map into metres.
 
@@ -59,6 +70,8 @@ def read_depth(
         png_scale: PNG units per metre (1000: millimetres).
         allow_8bit_png: accept 8-bit PNGs instead of refusing them.
         max_invalid_fraction: refuse maps with a larger fraction of zero (unmeasured) pixels.
+        max_pixels: refuse maps with more values than this (``None``: no limit), files from
+            their header, before decoding.
 
     Returns:
         The depth in metres and its invalid-pixel mask.
@@ -66,15 +79,19 @@ def read_depth(
     Raises:
         InputError: naming ``source`` and the reason: unreadable, neither ``.npy`` nor PNG, a
             pickled/object ``.npy``, an 8-bit or colour PNG, a non-float array, a shape other
-            than one channel, NaN/inf or negative values, too many invalid pixels.
+            than one channel, NaN/inf or negative values, too many invalid pixels, more than
+            ``max_pixels`` values.
     """
     if isinstance(source, torch.Tensor):
+        _check_size(source.numel(), tuple(source.shape), max_pixels, source)
         tensor = source.detach().cpu()
-        array = (tensor.float() if tensor.is_floating_point() else tensor).numpy()  # numpy has no bfloat16
+        array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()  # numpy has no bfloat16
     elif isinstance(source, np.ndarray):
+        _check_size(source.size, source.shape, max_pixels, source)
         array = source
     elif isinstance(source, (str, Path, bytes, bytearray, memoryview)):
-        array = _decode(source, read_bytes(source, MODALITY), png_scale, allow_8bit_png)
+        with open_input(source, MODALITY) as (file, _):
+            array = _decode(source, file, png_scale, allow_8bit_png, max_pixels)
     else:
         raise InputError(source, "expected a path, bytes, np.ndarray or torch.Tensor of depth", MODALITY)
     metres = _check_array(source, array)
@@ -90,17 +107,45 @@ def read_depth(
     return DepthReading(metres=metres, invalid=invalid)
 
 
-def _decode(source: Any, data: bytes, png_scale: float, allow_8bit_png: bool) -> np.ndarray:
-    if data.startswith(NPY_MAGIC):
-        return _decode_npy(source, data)
-    if data.startswith(PNG_MAGIC):
-        return _decode_png(source, data, allow_8bit_png) / np.float32(png_scale)
+def _check_size(count: int, shape: tuple[int, ...], max_pixels: int | None, source: Any) -> None:
+    if max_pixels is not None and count > max_pixels:
+        raise InputError(source, f"depth map too large: shape {tuple(shape)} holds {count} values > max_pixels "
+                                 f"{max_pixels}", MODALITY)
+
+
+def _decode(source: Any, file: BinaryIO, png_scale: float, allow_8bit_png: bool, max_pixels: int | None) -> np.ndarray:
+    head = file.read(len(PNG_MAGIC))
+    file.seek(0)
+    if head.startswith(NPY_MAGIC):
+        return _decode_npy(source, file, max_pixels)
+    if head.startswith(PNG_MAGIC):
+        return _decode_png(source, file, allow_8bit_png, max_pixels) / np.float32(png_scale)
     raise InputError(source, "not a .npy file or a PNG image (unrecognised content)", MODALITY)
 
 
-def _decode_npy(source: Any, data: bytes) -> np.ndarray:
+def _npy_shape(source: Any, file: BinaryIO) -> tuple[int, ...]:
+    """The shape a ``.npy`` header declares (the file is left where it was)."""
+    fmt = np.lib.format
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
+        version = fmt.read_magic(file)
+        if version == (1, 0):
+            shape = fmt.read_array_header_1_0(file)[0]
+        elif version == (2, 0):
+            shape = fmt.read_array_header_2_0(file)[0]
+        else:  # 3.0 (utf-8 field names) has no public reader
+            shape = fmt._read_array_header(file, version)[0]
+    except (ValueError, OSError, EOFError, AttributeError, TypeError) as err:
+        raise InputError(source, f"corrupt .npy file ({err})", MODALITY) from None
+    finally:
+        file.seek(0)
+    return tuple(shape)
+
+
+def _decode_npy(source: Any, file: BinaryIO, max_pixels: int | None) -> np.ndarray:
+    shape = _npy_shape(source, file)
+    _check_size(int(np.prod(shape, dtype=np.int64)) if shape else 1, shape, max_pixels, source)
+    try:
+        array = np.load(file, allow_pickle=False)
     except ValueError as err:
         if "allow_pickle" in str(err):
             raise InputError(
@@ -122,12 +167,23 @@ def _decode_npy(source: Any, data: bytes) -> np.ndarray:
     return array
 
 
-def _decode_png(source: Any, data: bytes, allow_8bit_png: bool) -> np.ndarray:
+def _decode_png(source: Any, file: BinaryIO, allow_8bit_png: bool, max_pixels: int | None) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # max_pixels is the limit: Pillow's DecompressionBombWarning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(file)
+        with opened as image:
+            width, height = image.size
+            _check_size(width * height, (height, width), max_pixels, source)
             image.load()
             mode, bands = image.mode, len(image.getbands())
             array = np.asarray(image)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise InputError(source, f"depth map too large: Pillow refuses it as a decompression bomb ({err})",
+                         MODALITY) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise InputError(source, f"corrupt or truncated PNG ({err})", MODALITY) from None
     if mode in _PNG_16BIT_MODES:
@@ -166,15 +222,23 @@ def _check_array(source: Any, array: np.ndarray) -> np.ndarray:
         )
     if array.size == 0:
         raise InputError(source, f"empty depth map of shape {tuple(array.shape)}", MODALITY)
-    metres = np.asarray(array, dtype=np.float32)
-    finite = np.isfinite(metres)
+    finite = np.isfinite(array)
     if not finite.all():
-        nan = int(np.isnan(metres).sum())
+        nan = int(np.isnan(array).sum())
         inf = int((~finite).sum()) - nan
         raise InputError(source, f"depth has {nan} NaN and {inf} infinite value(s)", MODALITY)
-    negative = int((metres < 0).sum())
+    negative = int((array < 0).sum())
     if negative:
         raise InputError(
-            source, f"depth has {negative} negative value(s) (min {float(metres.min()):.3g} m)", MODALITY
+            source, f"depth has {negative} negative value(s) (min {float(array.min()):.3g} m)", MODALITY
         )
+    if array.dtype.itemsize <= 4:  # float16/32: every value fits float32 as it is
+        return np.asarray(array, dtype=np.float32)
+    # float64 and wider: finite values beyond float32's range must not become inf (refused as
+    # "infinite") nor tiny ones 0 (read as "no measurement"); clipping keeps them what they are
+    # to the processor, which clips depth to [min_depth, max_depth] anyway (module docstring)
+    limits = np.finfo(np.float32)
+    measured = array != 0
+    metres = np.clip(array, 0, limits.max).astype(np.float32)
+    metres[measured & (metres < limits.tiny)] = limits.tiny  # subnormals too: flushed to zero under FTZ/DAZ
     return metres

@@ -22,6 +22,12 @@ class TextConfig(PluginConfig):
             folder (``save_pretrained`` output with its tokenizer), or a hub name (only when the hub
             is reachable, or cached with ``HF_HUB_OFFLINE=1``).
         max_length: tokens per text after truncation (at most the backbone's position count).
+        max_bytes: a text longer than this in UTF-8 bytes is refused with an
+            :class:`~anchorbind.errors.InputError` (``None``: no limit); a file is measured
+            before it is read. 64 KiB: a caption is a few hundred bytes and only ``max_length``
+            tokens (~300 bytes) are ever encoded, while the tokenizer reads all of a text before
+            truncating; 64 KiB still admits long descriptions, and anything beyond is a wrong
+            file (a log, a dump, a binary) rather than a caption.
         tuning: ``"frozen"`` (backbone frozen and kept in eval mode, only head and logit scale
             trained: the default, cheap, and it keeps the pretrained language space),
             ``"full"`` (everything trained) or ``"lora"`` (peft LoRA adapters on the backbone,
@@ -35,6 +41,7 @@ class TextConfig(PluginConfig):
 
     backbone: str = "packaged"
     max_length: int = 64
+    max_bytes: int | None = 65536
     tuning: str = "frozen"
     lora_r: int = 8
     lora_alpha: int = 16
@@ -53,6 +60,8 @@ class TextConfig(PluginConfig):
             yield f"tuning must be one of {TUNING_MODES}, got {self.tuning!r}"
         if self.max_length < 2:
             yield f"max_length must be at least 2 (room for the special tokens), got {self.max_length}"
+        if self.max_bytes is not None and self.max_bytes <= 0:
+            yield f"max_bytes must be positive or null, got {self.max_bytes}"
         if self.tuning == "lora":
             if self.lora_r <= 0:
                 yield f"lora_r must be positive, got {self.lora_r}"

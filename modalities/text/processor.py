@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,19 +59,28 @@ class TextProcessor(Processor):
             train: unused (text has no stochastic preprocessing).
 
         Raises:
-            InputError: unreadable file, invalid UTF-8, empty or whitespace-only text, or an
-                unsupported input type.
+            InputError: unreadable file, invalid UTF-8, empty or whitespace-only text, more than
+                ``max_bytes`` (a file: before reading it), or an unsupported input type.
         """
+        limit = self.config.max_bytes
         if isinstance(source, str):
+            if limit is not None and len(source) > limit // 4:  # UTF-8 needs 1-4 bytes a character
+                if len(source) > limit:  # at least a byte a character: refused without encoding it all
+                    self._check_size(len(source), source, at_least=True)
+                self._check_size(len(source.encode("utf-8", "surrogatepass")), source)
             text = source
         elif isinstance(source, (Path, bytes, bytearray, memoryview)):
             if isinstance(source, Path):
                 try:
-                    data = source.read_bytes()
+                    with source.open("rb") as file:
+                        self._check_size(os.fstat(file.fileno()).st_size, source)
+                        data = file.read() if limit is None else file.read(limit + 1)
                 except OSError as err:
                     raise InputError(source, f"unreadable text file ({err.strerror or err})", self.modality) from None
             else:
+                self._check_size(memoryview(source).nbytes, source)
                 data = bytes(source)
+            self._check_size(len(data), source)  # a file that grew while it was read
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -83,6 +93,13 @@ class TextProcessor(Processor):
         if not text:
             raise InputError(source, "empty text", self.modality)
         return text
+
+    def _check_size(self, size: int, source: InputSource, *, at_least: bool = False) -> None:
+        limit = self.config.max_bytes
+        if limit is not None and size > limit:
+            size_text = f"at least {size}" if at_least else str(size)
+            raise InputError(source, f"text too long: {size_text} bytes > max_bytes {limit} (a caption, "
+                                     "not a document, is expected)", self.modality)
 
     def collate(self, samples: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenize a batch: padded to its longest text, truncated to ``max_length`` tokens."""

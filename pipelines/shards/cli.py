@@ -29,11 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes validating files (default: up to 4)")
     parser.add_argument("--prefix", default="data", help="shard name prefix: PREFIX-000000.tar (default data)")
-    parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the dataset already in --out (refused without it)")
+    parser.add_argument("--max-file-mb", type=float, default=convert.MAX_FILE_BYTES / 2**20,
+                        help="skip larger files unread (default %(default)g)")
     args = parser.parse_args(argv)
     try:
         report = convert.convert_to_shards(args.source, args.out, shard_size=args.shard_size, workers=args.workers,
-                                           prefix=args.prefix, overwrite=args.overwrite)
+                                           prefix=args.prefix, overwrite=args.overwrite,
+                                           max_file_bytes=int(args.max_file_mb * 2**20))
     except (FileNotFoundError, FileExistsError, InputError, ValueError) as err:
         print(f"anchorbind shards: error: {err}", file=sys.stderr)
         return 2

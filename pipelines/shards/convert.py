@@ -14,14 +14,26 @@ the path relative to the folder up to the first dot of the file name (``a/0001.j
 3. the extension alone, when exactly one modality has a key ending in it: ``0001.npy`` (depth).
 
 Anything else is skipped as ``unknown format``; two files of one modality for one stem keep the
-first (in ``sample_keys`` order) and skip the other as a duplicate.
+first (in ``sample_keys`` order) and skip the other as a duplicate. Only the name is looked at
+(nothing is read to classify a file). Two files whose paths give one key from different folders
+or stems (``a/b_0001.jpg`` and ``a_b/0001.txt`` are both ``a_b_0001``) are not merged: the second
+is skipped and reported.
 
 **Manifest.** A ``.csv`` or ``.jsonl`` file whose columns named after a modality (``image``,
 ``text``, ``audio``, ``depth``, or any registered plugin) hold file paths, relative to the
-manifest's folder (absolute paths work too); any subset per row, empty cells allowed. The
-``text`` column may hold the text itself (a value that is not an existing file and does not look
-like a ``.txt`` path). An optional ``key`` column names samples (default: the row number,
-``000000000``...). Every other column is kept as metadata in the sample's ``json`` member.
+manifest's folder (absolute paths work too); any subset per row, empty cells allowed. Text:
+
+- ``text_file``: always a path to a UTF-8 text file;
+- ``text``: a path when the value is one line ending in a text extension (``.txt``, ``.text``,
+  ``.caption``) that has no whitespace or names an existing file; any other value (a caption of
+  any length, with spaces, on several lines) is the text itself.
+
+An optional ``key`` column names samples (default: the row number, ``000000000``...); a key with
+a NUL, a control character or a path separator (``/``, ``\\``) is refused, a dot becomes ``_``
+(the original is kept as ``key`` in the sample's ``json``). Every other column is kept as
+metadata in the sample's ``json`` member. A row that cannot be used (not JSON, not UTF-8, a bad
+or duplicate key, more cells than the header, any error while reading it) is skipped and
+reported with its line number; the other rows are converted.
 
 **Validation.** Every file is decoded by its modality's processor (``load``; the anchor's
 ImageProcessor for images; no model is built) before it is written, so bad files never reach
@@ -29,17 +41,29 @@ training. Unreadable, truncated, empty, unknown-format or missing files are skip
 keeps its valid modalities, and one left with none is skipped. Everything skipped is counted and
 listed with the reason in ``OUT/report.json`` (written atomically, like every shard and ``manifest.json``).
 
-Samples are validated in ``workers`` processes and written in input order, so the shards are
-identical whatever the number of workers.
+**Limits.** A file larger than ``max_file_bytes`` (``--max-file-mb``, default 512) or that is not a
+regular file is skipped unread; a CSV cell holds at most 131072 characters (Python's ``csv``
+limit: a longer row is reported). Samples are validated in ``workers`` processes, at most
+``2 * workers`` chunks of up to 16 samples in flight, and written in input order, so the shards
+are identical whatever the number of workers and memory stays bounded.
+
+**Output folder.** One that already holds a dataset (``*.tar`` shards or a ``manifest.json``)
+is refused unless ``overwrite``; then the previous dataset's shards (those its manifest lists, and
+``PREFIX-*.tar``) are replaced once the new shards are complete, and other ``.tar`` files are
+refused rather than mixed in. Temporaries of a killed run are removed first.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import multiprocessing
 import os
+import re
 import shutil
+import stat
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -48,8 +72,9 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from anchorbind.data.tempfiles import remove_stale
 from anchorbind.errors import InputError
-from anchorbind.pipelines.shards.writer import ShardSink, finish_entry, write_manifest
+from anchorbind.pipelines.shards.writer import MANIFEST, PlanMismatchError, ShardSink, finish_entry, write_manifest
 
 if TYPE_CHECKING:
     from anchorbind.processor import Processor
@@ -58,6 +83,12 @@ __all__ = ["ConversionReport", "classify_file", "convert_to_shards", "load_proce
 
 REPORT = "report.json"
 ANCHOR = "image"
+TEXT = "text"
+TEXT_FILE = "text_file"
+"""Manifest column that always holds a path to a text file (``text`` may hold the text itself)."""
+MAX_FILE_BYTES = 512 * 2**20
+"""Default size limit of one file: a larger one is skipped unread (``--max-file-mb``)."""
+_CHUNK = 16
 
 
 @dataclass
@@ -70,7 +101,8 @@ class ConversionReport:
         files_skipped: files (or cells) skipped: missing, unreadable, invalid, unknown format.
         modalities: samples written per modality.
         shards: shard file names.
-        skipped: one ``{"source", "key", "modality", "reason"}`` per skipped file or sample.
+        skipped: one ``{"source", "key", "modality", "reason"}`` per skipped file or sample (plus
+            ``"row"``, the line in the manifest where the row starts, for a manifest's rows).
     """
 
     samples_written: int = 0
@@ -87,8 +119,12 @@ class ConversionReport:
                 f"skipped {self.files_skipped} files and {self.samples_skipped} samples"
                 f" — reasons in {Path(self.out_dir) / REPORT}")
 
-    def skip(self, source: Any, key: str | None, modality: str | None, reason: str, *, sample: bool = False) -> None:
-        self.skipped.append({"source": str(source), "key": key or "", "modality": modality or "", "reason": reason})
+    def skip(self, source: Any, key: str | None, modality: str | None, reason: str, *, sample: bool = False,
+             row: int | None = None) -> None:
+        entry: dict[str, Any] = {"source": str(source), "key": key or "", "modality": modality or "", "reason": reason}
+        if row is not None:
+            entry["row"] = row
+        self.skipped.append(entry)
         if sample:
             self.samples_skipped += 1
         else:
@@ -121,6 +157,8 @@ def _key_for_extension(keys: tuple[str, ...], extension: str) -> str | None:
 
 def classify_file(name: str, keys: Mapping[str, tuple[str, ...]]) -> tuple[str, str, str] | str:
     """``(stem, modality, member key)`` for a file name, or the reason it has none.
+
+    Only the name is used: nothing is read, whatever the file's size.
 
     Args:
         name: the file name (no directory).
@@ -160,87 +198,213 @@ class _Row:
     key: str
     members: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
     meta: dict[str, Any] | None = None
+    origin: str = ""
+    line: int | None = None
+
+
+def _reason(err: BaseException) -> str:
+    return err.reason if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
 
 
 def _folder_rows(root: Path, keys: Mapping[str, tuple[str, ...]], exclude: Path | None,
                  report: ConversionReport) -> list[_Row]:
     rows: dict[str, _Row] = {}
+    claimed: dict[str, tuple[tuple[str, ...], Path]] = {}  # key -> (folders + stem, first file) that made it
     for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
-            continue
-        if exclude is not None and (path == exclude or exclude in path.parents):
-            continue
-        found = classify_file(path.name, keys)
-        if isinstance(found, str):
-            report.skip(path, None, None, found)
-            continue
-        stem, modality, member = found
-        key = "_".join([*relative.parts[:-1], stem]).replace(".", "_")
-        row = rows.setdefault(key, _Row(key))
-        previous = row.members.get(modality)
-        if previous is not None:
-            keep_new = keys[modality].index(member) < keys[modality].index(previous[1])
-            dropped = previous[0] if keep_new else str(path)
-            report.skip(dropped, key, modality, f"duplicate {modality} file for sample {key!r}")
-            if not keep_new:
+        try:
+            relative = path.relative_to(root)
+            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
                 continue
-        row.members[modality] = (str(path), member, None)
+            if exclude is not None and (path == exclude or exclude in path.parents):
+                continue
+            found = classify_file(path.name, keys)
+            if isinstance(found, str):
+                report.skip(path, None, None, found)
+                continue
+            stem, modality, member = found
+            origin = (*relative.parts[:-1], stem)
+            key = "_".join(origin).replace(".", "_")
+            first = claimed.setdefault(key, (origin, relative))
+            if first[0] != origin:
+                report.skip(path, key, modality, f"sample key {key!r} is already that of {str(first[1])!r} "
+                            f"(another folder or stem): not merged")
+                continue
+            row = rows.setdefault(key, _Row(key, origin=str(path)))
+            previous = row.members.get(modality)
+            if previous is not None:
+                keep_new = keys[modality].index(member) < keys[modality].index(previous[1])
+                dropped = previous[0] if keep_new else str(path)
+                report.skip(dropped, key, modality, f"duplicate {modality} file for sample {key!r}")
+                if not keep_new:
+                    continue
+            row.members[modality] = (str(path), member, None)
+        except Exception as err:  # one odd file (permissions, encoding) must not stop the others
+            report.skip(path, None, None, _reason(err))
     return list(rows.values())
 
 
-def _read_manifest(manifest: Path) -> list[dict[str, Any]]:
-    if manifest.suffix.lower() == ".jsonl":
-        rows = []
-        for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
+def _read_manifest(manifest: Path) -> Iterator[tuple[int, Any]]:
+    """``(line where the row starts, record)`` per row; the record is an exception for a row that cannot be read.
+
+    Raises:
+        InputError: not a ``.csv`` / ``.jsonl`` file, or its CSV header is unreadable.
+    """
+    suffix = manifest.suffix.lower()
+    if suffix == ".jsonl":
+        with manifest.open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
                 try:
-                    rows.append(json.loads(line))
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as err:
+                    yield number, InputError(f"{manifest}:{number}", f"not UTF-8 ({err.reason} at byte {err.start})")
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
                 except ValueError as err:
-                    raise InputError(manifest, f"line {number} is not JSON ({err})") from None
-        return rows
-    if manifest.suffix.lower() == ".csv":
-        with manifest.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    raise InputError(manifest, "a manifest must be a .csv or .jsonl file")
+                    yield number, InputError(f"{manifest}:{number}", f"not JSON ({err})")
+        return
+    if suffix != ".csv":
+        raise InputError(manifest, "a manifest must be a .csv or .jsonl file")
+    with manifest.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        lines = _Lines(handle)  # csv's own line_num lags after a row it could not parse
+        reader = csv.DictReader(lines)
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as err:
+            raise InputError(manifest, f"unreadable CSV header ({err})") from None
+        if any(_not_utf8(name) for name in header):
+            raise InputError(manifest, "the CSV header is not UTF-8")
+        while True:
+            start = lines.count + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:  # e.g. a field over the csv module's size limit; the reader goes on
+                yield start, InputError(f"{manifest}:{start}", f"unreadable CSV row ({err})")
+                continue
+            if None in record:
+                yield start, InputError(f"{manifest}:{start}", f"{len(header) + len(record[None])} cells, "
+                                                              f"the header has {len(header)} columns")
+            elif any(isinstance(v, str) and _not_utf8(v) for v in record.values()):
+                yield start, InputError(f"{manifest}:{start}", "not UTF-8")
+            else:
+                yield start, record
 
 
-def _looks_like_text_path(value: str) -> bool:
-    return value.lower().endswith(".txt") and not any(c.isspace() for c in value)
+class _Lines:
+    """A file's lines, counted."""
+
+    def __init__(self, handle: Iterator[str]) -> None:
+        self.handle, self.count = handle, 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.handle)
+        self.count += 1
+        return line
+
+
+def _not_utf8(text: str) -> bool:
+    """Whether a string read with ``errors="surrogateescape"`` held bytes that are not UTF-8."""
+    return any("\udc80" <= c <= "\udcff" for c in text)
+
+
+def _key_problem(key: str) -> str | None:
+    if "\0" in key:
+        return "a NUL character"
+    if "/" in key or "\\" in key:
+        return "a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return "a control character"
+    return None
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` that never raises (a name too long, a NUL, no permission: not a file)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _text_is_path(value: str, path: Path, text_keys: tuple[str, ...]) -> bool:
+    """The ``text`` column's rule: a path when one line ending in a text extension, with no
+    whitespace or naming an existing file; otherwise the text itself."""
+    if "\n" in value or "\r" in value or "." not in value:
+        return False
+    if _key_for_extension(text_keys, value.rsplit(".", 1)[1].lower()) is None:
+        return False
+    return not any(c.isspace() for c in value) or _is_file(path)
+
+
+def _manifest_row(manifest: Path, index: int, line: int, record: Any, keys: Mapping[str, tuple[str, ...]],
+                  seen: dict[str, int], report: ConversionReport) -> _Row:
+    """The row of one manifest record; raises (anything) when the whole row cannot be used."""
+    origin = f"{manifest}:{line}"
+    if isinstance(record, BaseException):
+        raise record
+    if not isinstance(record, Mapping):
+        raise InputError(origin, "row is not an object")
+    given = record.get("key")
+    meta: dict[str, Any] = {}
+    if given is None or given == "":
+        key = f"{index:09d}"
+    else:
+        given = str(given)
+        problem = _key_problem(given)
+        if problem is not None:
+            raise InputError(origin, f"key {given!r} contains {problem} (keys name tar members)")
+        key = given.replace(".", "_")
+        if key != given:
+            meta["key"] = given  # renamed: the original travels with the sample
+    if key in seen:
+        raise InputError(origin, f"duplicate key {key!r} (row at line {seen[key]} has it)")
+    row = _Row(key, meta=meta, origin=origin, line=line)
+    columns = dict(record)
+    both = all(columns.get(c) not in (None, "") for c in (TEXT, TEXT_FILE))
+    if both and TEXT in keys and TEXT_FILE not in keys:
+        raise InputError(origin, f"both {TEXT!r} and {TEXT_FILE!r} are given")
+    for column, value in columns.items():
+        if column == "key":
+            continue
+        modality = TEXT if column == TEXT_FILE and TEXT in keys and TEXT_FILE not in keys else column
+        if modality not in keys:
+            row.meta[column] = value
+            continue
+        if value is None or value == "":
+            continue
+        if isinstance(value, (bool, list, dict)) or not isinstance(value, (str, int, float)):
+            raise InputError(origin, f"column {column!r} holds a {type(value).__name__}, not a path or text")
+        value = str(value)
+        path = Path(value) if Path(value).is_absolute() else manifest.parent / value
+        if column == TEXT and not _text_is_path(value, path, keys[TEXT]):
+            row.members[TEXT] = (f"{origin}:{TEXT}", keys[TEXT][0], value)
+            continue
+        member = _key_for_extension(keys[modality], path.suffix.lstrip(".").lower())
+        if member is None and column == TEXT_FILE:
+            member = keys[TEXT][0]  # whatever its extension, read as UTF-8 text
+        if member is None:
+            report.skip(path, key, modality, f"unknown format for {modality} (.{path.suffix.lstrip('.')})", row=line)
+            continue
+        row.members[modality] = (str(path), member, None)
+    seen[key] = line  # only a row that is used claims its key
+    return row
 
 
 def _manifest_rows(manifest: Path, keys: Mapping[str, tuple[str, ...]], report: ConversionReport) -> list[_Row]:
     rows = []
-    seen: set[str] = set()
-    for number, record in enumerate(_read_manifest(manifest)):
-        if not isinstance(record, Mapping):
-            report.skip(f"{manifest}:{number + 1}", None, None, "row is not an object", sample=True)
-            continue
-        key = str(record.get("key") or f"{number:09d}").replace("/", "_").replace(".", "_")
-        if key in seen:
-            report.skip(f"{manifest}:{number + 1}", key, None, f"duplicate key {key!r}", sample=True)
-            continue
-        seen.add(key)
-        row = _Row(key, meta={})
-        for column, value in record.items():
-            if column == "key":
-                continue
-            if column not in keys:
-                row.meta[column] = value
-                continue
-            if value is None or value == "":
-                continue
-            value = str(value)
-            path = Path(value) if Path(value).is_absolute() else manifest.parent / value
-            if column == "text" and not path.is_file() and not _looks_like_text_path(value):
-                row.members[column] = (f"{manifest}:{number + 1}:text", keys[column][0], value)
-                continue
-            member = _key_for_extension(keys[column], path.suffix.lstrip(".").lower())
-            if member is None:
-                report.skip(path, key, column, f"unknown format for {column} (.{path.suffix.lstrip('.')})")
-                continue
-            row.members[column] = (str(path), member, None)
-        rows.append(row)
+    seen: dict[str, int] = {}
+    for index, (line, record) in enumerate(_read_manifest(manifest)):
+        try:
+            rows.append(_manifest_row(manifest, index, line, record, keys, seen, report))
+        except Exception as err:  # any error from one row: that row is reported, the others converted
+            key = str(record.get("key") or "") if isinstance(record, Mapping) else ""
+            report.skip(f"{manifest}:{line}", key, None, _reason(err), sample=True, row=line)
     return rows
 
 
@@ -256,7 +420,37 @@ def _init_worker(processors: Mapping[str, Any]) -> None:
     _WORKER_PROCESSORS = processors
 
 
-def _validate(row: _Row, processors: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, str]]]:
+def _megabytes(size: int) -> str:
+    return f"{size} bytes" if size < 2**20 else f"{size / 2**20:.1f} MiB"
+
+
+def _read_file(source: str, modality: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; never reads more than that."""
+    try:
+        info = os.stat(source)
+    except FileNotFoundError:
+        raise InputError(source, "missing file", modality) from None
+    except OSError as err:  # a name too long, no permission...
+        raise InputError(source, f"unreadable file ({err.strerror or err})", modality) from None
+    except ValueError as err:  # a NUL in the path
+        raise InputError(source, f"invalid path ({err})", modality) from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block, /dev/zero never end
+        raise InputError(source, "not a regular file", modality)
+    if info.st_size > max_bytes:
+        raise InputError(source, f"file too large ({_megabytes(info.st_size)}, limit {_megabytes(max_bytes)})",
+                         modality)
+    try:
+        with open(source, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as err:
+        raise InputError(source, f"unreadable file ({err.strerror or err})", modality) from None
+    if len(data) > max_bytes:  # it grew since
+        raise InputError(source, f"file too large (over {_megabytes(max_bytes)})", modality)
+    return data
+
+
+def _validate(row: _Row, processors: Mapping[str, Any] | None = None,
+              max_bytes: int = MAX_FILE_BYTES) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Decode every member of ``row``; returns the sample to write and the problems found."""
     processors = processors if processors is not None else _WORKER_PROCESSORS
     sample: dict[str, Any] = {"__key__": row.key}
@@ -264,18 +458,14 @@ def _validate(row: _Row, processors: Mapping[str, Any] | None = None) -> tuple[d
     for modality, (source, member, inline) in row.members.items():
         try:
             if inline is not None:
+                if len(inline) > max_bytes:
+                    raise InputError(source, f"text too large (limit {_megabytes(max_bytes)})", modality)
                 data: bytes | str = inline
             else:
-                try:
-                    data = Path(source).read_bytes()
-                except FileNotFoundError:
-                    raise InputError(source, "missing file", modality) from None
-                except OSError as err:
-                    raise InputError(source, f"unreadable file ({err.strerror or err})", modality) from None
+                data = _read_file(source, modality, max_bytes)
             processors[modality].load(data)
         except Exception as err:  # a plugin bug on one file must not stop a long conversion
-            reason = err.reason if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
-            problems.append({"source": source, "key": row.key, "modality": modality, "reason": reason})
+            problems.append({"source": source, "key": row.key, "modality": modality, "reason": _reason(err)})
             continue
         sample[member] = data
     if row.meta:
@@ -283,20 +473,36 @@ def _validate(row: _Row, processors: Mapping[str, Any] | None = None) -> tuple[d
     return sample, problems
 
 
+def _validate_chunk(rows: list[_Row], max_bytes: int) -> list[tuple[dict[str, Any], list[dict[str, str]]]]:
+    return [_validate(row, None, max_bytes) for row in rows]
+
+
 def _validated(rows: list[_Row], processors: Mapping[str, Any] | None, names: Sequence[str],
-               workers: int) -> Iterator[tuple[_Row, dict[str, Any], list[dict[str, str]]]]:
+               workers: int, max_bytes: int = MAX_FILE_BYTES,
+               ) -> Iterator[tuple[_Row, dict[str, Any], list[dict[str, str]]]]:
     # built once here and pickled to the workers: processors hold no model, a few KB each
     local = processors if processors is not None else load_processors(names)
     if workers <= 1:
         for row in rows:
-            yield row, *_validate(row, local)
+            yield row, *_validate(row, local, max_bytes)
         return
     context = multiprocessing.get_context("spawn")
+    size = max(1, min(_CHUNK, len(rows) // (4 * workers)))
+    chunks = (rows[i:i + size] for i in range(0, len(rows), size))
+    task = functools.partial(_validate_chunk, max_bytes=max_bytes)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                              initargs=(local,)) as pool:
-        chunk = max(1, min(64, len(rows) // (4 * workers)))
-        for row, (sample, problems) in zip(rows, pool.map(_validate, rows, chunksize=chunk), strict=True):
-            yield row, sample, problems
+        pending: deque = deque()  # a bounded window, in input order: memory does not grow with the dataset
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(task, chunk)))
+            if len(pending) >= 2 * workers:
+                done, future = pending.popleft()
+                for row, (sample, problems) in zip(done, future.result(), strict=True):
+                    yield row, sample, problems
+        while pending:
+            done, future = pending.popleft()
+            for row, (sample, problems) in zip(done, future.result(), strict=True):
+                yield row, sample, problems
 
 
 # ---------------------------------------------------------------------------------------- conversion
@@ -304,6 +510,43 @@ def _write_report(out_dir: Path, report: ConversionReport) -> None:
     tmp = out_dir / f".{REPORT}.writing-{os.getpid()}"
     tmp.write_text(json.dumps(asdict(report), indent=2))
     os.replace(tmp, out_dir / REPORT)
+
+
+def _previous_dataset(out_dir: Path, prefix: str, overwrite: bool) -> list[Path]:
+    """The shards of a dataset already in ``out_dir``, to replace; refuses to mix two datasets.
+
+    Raises:
+        PlanMismatchError: ``out_dir`` holds shards or a manifest and ``overwrite`` is False, or
+            it holds ``.tar`` files that no manifest there lists (``overwrite`` or not).
+    """
+    shards = sorted(p for p in out_dir.glob("*.tar") if not p.name.startswith(".") and p.is_file())
+    manifest = out_dir / MANIFEST
+    if not shards and not manifest.exists():
+        return []
+    try:
+        record = json.loads(manifest.read_text())
+        record = record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        record = {}
+    names = ", ".join(p.name for p in shards[:3]) + (", ..." if len(shards) > 3 else "")
+    what = [f"{len(shards)} shard{'' if len(shards) == 1 else 's'} ({names})" if shards else "no shards"]
+    if manifest.exists():
+        made = "".join(f" {word} {record[k]}" for k, word in (("created_by", "by"), ("source", "from"))
+                       if record.get(k))
+        what.append(f"a {MANIFEST}{made}")
+    else:
+        what.append(f"no {MANIFEST}: an interrupted run?")
+    if not overwrite:
+        raise PlanMismatchError(f"{out_dir} already holds a dataset ({'; '.join(what)}); pass --overwrite "
+                                "(overwrite=True) to replace it, or choose another --out")
+    listed = {str(e.get("name")) for e in record.get("shards", []) if isinstance(e, dict)}
+    ours = re.compile(rf"^{re.escape(prefix)}-\d{{6,}}\.tar$")
+    strangers = [p.name for p in shards if p.name not in listed and not ours.match(p.name)]
+    if strangers:
+        shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
+        raise PlanMismatchError(f"{out_dir} holds .tar files that are not a previous conversion's ({shown}); "
+                                "--overwrite replaces only those: move them or choose another --out")
+    return shards
 
 
 def convert_to_shards(
@@ -316,6 +559,7 @@ def convert_to_shards(
     processors: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> ConversionReport:
     """Convert a folder or a CSV/JSONL manifest into validated shards, a manifest and a report.
 
@@ -328,28 +572,31 @@ def convert_to_shards(
         processors: ``{modality: object with sample_keys and load}`` (a
             :class:`~anchorbind.processor.Processor`) to validate with; default
             :func:`load_processors` (the anchor's and every registered plugin's processor).
-        overwrite: replace shards already in ``out_dir`` (they are removed only once the new ones
-            are complete); without it, a folder that already has shards is refused.
+        overwrite: replace the dataset already in ``out_dir`` (its shards are removed only once
+            the new ones are complete, and kept when nothing could be converted); without it, a
+            folder that already holds shards or a manifest is refused.
         progress: show a tqdm bar.
+        max_file_bytes: larger files are skipped unread (reported as too large).
 
     Returns:
         The :class:`ConversionReport` (also in ``out_dir/report.json``).
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
-        FileExistsError: ``out_dir`` already holds shards and ``overwrite`` is False.
-        InputError: the manifest itself cannot be read.
+        PlanMismatchError: (a ``FileExistsError``) ``out_dir`` already holds a dataset and
+            ``overwrite`` is False, or ``.tar`` files no previous conversion made.
+        InputError: the manifest itself cannot be read (a row that cannot is reported, not raised).
     """
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such folder or manifest")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if max_file_bytes < 1:
+        raise ValueError(f"max_file_bytes must be >= 1, got {max_file_bytes}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    existing = sorted(out_dir.glob(f"{prefix}-*.tar"))
-    if existing and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds {len(existing)} {prefix}-*.tar shards; "
-                              "pass overwrite=True (--overwrite) to replace them")
+    existing = _previous_dataset(out_dir, prefix, overwrite)
+    remove_stale(out_dir)  # a killed run's staging folder and temporaries (never read as shards)
     if processors is not None:
         keys = _keys_of(processors)
     else:
@@ -370,33 +617,44 @@ def convert_to_shards(
     try:
         with ShardSink(staging, prefix, shard_size) as sink:
             bar = tqdm(total=len(rows), desc="shards", unit="sample", disable=not progress)
-            for row, sample, problems in _validated(rows, processors, names, workers):
+            for row, sample, problems in _validated(rows, processors, names, workers, max_file_bytes):
                 bar.update(1)
                 for problem in problems:
-                    report.skip(problem["source"], problem["key"], problem["modality"], problem["reason"])
+                    report.skip(problem["source"], problem["key"], problem["modality"], problem["reason"],
+                                row=row.line)
                 present = [m for m, (_, member, _) in row.members.items() if member in sample]
                 if not present:
                     reason = ("no valid file" if row.members else "no file of a known modality")
-                    report.skip(row.key, row.key, None, reason, sample=True)
+                    report.skip(row.origin if row.line is not None else row.key, row.key, None, reason, sample=True,
+                                row=row.line)
                     continue
-                sink.write(sample)
+                try:
+                    sink.write(sample)
+                except (ValueError, TypeError) as err:  # raised while encoding, before anything is written
+                    report.skip(row.origin, row.key, None, f"cannot be written ({_reason(err)})", sample=True,
+                                row=row.line)
+                    continue
                 report.samples_written += 1
                 for modality in present:
                     counts[modality] = counts.get(modality, 0) + 1
             bar.close()
         entries = [finish_entry(e) for e in sink.entries]
-        for old in existing:
-            old.unlink()
-        for entry in entries:
-            os.replace(staging / entry["name"], out_dir / entry["name"])
+        if entries:
+            from anchorbind.data.cache import sidecar_path
+
+            # from here until the new manifest is written the folder has none: it reads as incomplete
+            (out_dir / MANIFEST).unlink(missing_ok=True)
+            for old in existing:
+                old.unlink(missing_ok=True)
+            for name in {p.name for p in existing} | {e["name"] for e in entries}:
+                sidecar_path(out_dir / name).unlink(missing_ok=True)  # an anchor cache of replaced shards
+            for entry in entries:
+                os.replace(staging / entry["name"], out_dir / entry["name"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report.modalities = dict(sorted(counts.items()))
     report.shards = [e["name"] for e in entries]
     if entries:
         write_manifest(out_dir, entries, created_by="anchorbind shards", source=str(source))
-    else:
-        (out_dir / "manifest.json").unlink(missing_ok=True)
     _write_report(out_dir, report)
     return report
-

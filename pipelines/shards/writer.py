@@ -31,6 +31,8 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from anchorbind.data.shardlist import iter_shard
+from anchorbind.data.tempfiles import remove_stale
+from anchorbind.errors import ConfigError
 
 __all__ = [
     "PlanMismatchError",
@@ -47,8 +49,12 @@ MANIFEST = "manifest.json"
 PLAN = ".plan.json"
 
 
-class PlanMismatchError(FileExistsError):
-    """The output folder holds shards generated from different settings."""
+class PlanMismatchError(ConfigError, FileExistsError):
+    """The output folder holds another dataset: shards generated from other settings or another source.
+
+    A :class:`~anchorbind.errors.ConfigError` (the CLI prints its one-line message and exits 2)
+    and a ``FileExistsError``.
+    """
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -199,7 +205,8 @@ def _existing_plan(out_dir: Path) -> dict[str, Any] | None:
             record = json.loads((out_dir / name).read_text())
         except (OSError, ValueError):
             continue
-        return record.get("plan", {}) if name == MANIFEST else record
+        plan = record.get("plan", {}) if name == MANIFEST and isinstance(record, dict) else record
+        return plan if isinstance(plan, dict) else {}
     return None
 
 
@@ -213,13 +220,31 @@ def _check_plan(out_dir: Path, prefix: str, plan: dict[str, Any]) -> None:
             )
         return
     plain = json.loads(json.dumps(plan, default=str))
-    differences = {k: (existing.get(k), v) for k, v in plain.items() if existing.get(k) != v}
+    differences = _differences(existing, plain)
     if differences:
-        detail = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in sorted(differences.items()))
+        shown = ", ".join(f"{k}: {old} there, {new} now" for k, old, new in differences[:3])
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
         raise PlanMismatchError(
-            f"{out_dir} holds shards generated with other settings ({detail}); "
+            f"{out_dir} holds shards generated with other settings ({shown}{more}); "
             "write to another folder or delete it, so two datasets are never mixed"
         )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every leaf that differs, so a nested config names the one field."""
+    found = []
+    for key in sorted(set(new) | (set(old) if prefix else set())):  # top level: only what the plan sets
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            found += _differences(before, after, f"{prefix}{key}.")
+        elif before != after:
+            found.append((f"{prefix}{key}", _short(before), _short(after)))
+    return found
 
 
 def write_shards_parallel(
@@ -266,6 +291,7 @@ def write_shards_parallel(
     out_dir.mkdir(parents=True, exist_ok=True)
     full_plan = {"prefix": prefix, "total": total, "shard_size": shard_size, **dict(plan or {})}
     _check_plan(out_dir, prefix, full_plan)
+    remove_stale(out_dir)  # temporaries of a killed run (never read: not *.tar, hidden)
     _write_json_atomic(out_dir / PLAN, json.loads(json.dumps(full_plan, default=str)))
     ranges = [(i, start, min(start + shard_size, total)) for i, start in enumerate(range(0, total, shard_size))]
     results: dict[int, dict[str, Any]] = {}
