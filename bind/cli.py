@@ -24,7 +24,9 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "modalities": ("anchorbind.commands:modalities_main", "list registered modality plugins and their configs"),
-    "embed": ("anchorbind.commands:embed_main", "embed files of any modality with a saved model"),
+    "embed": ("anchorbind.pipelines.embed:main", "embed files, a folder, a manifest or shards into a resumable store"),
+    "index": ("anchorbind.search:index_main", "build a faiss index (flat, ivf, hnsw) over an embedding store"),
+    "search": ("anchorbind.search:search_main", "embed one query of any modality and print an index's nearest items"),
     "world": ("anchorbind.pipelines.world.cli:main", "generate the procedural multimodal world as WebDataset shards"),
     "shards": ("anchorbind.pipelines.shards.cli:main", "convert a folder or CSV/JSONL manifest into WebDataset shards"),
     "cache": ("anchorbind.data.cache:main", "store the frozen anchor's embeddings with every sample"),
@@ -35,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("anchorbind.pipelines.demo:main", "the whole pipeline offline on CPU: world, cache, train, eval, report"),
     "config": ("anchorbind.commands:config_main", "list the packaged configs, or print one to start your own"),
     "check-plugin": ("anchorbind.contract:main", "run the plugin contract checks against an installed modality plugin"),
+    "export": ("anchorbind.export:main", "export one encoder (plugin or anchor) to ONNX or a torch.export .pt2"),
 }
 
 

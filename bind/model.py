@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,8 +16,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from anchorbind.anchor import AnchorConfig, FrozenAnchor
+from anchorbind.atomic import write_directory
 from anchorbind.config import config_to_dict, from_dict
 from anchorbind.errors import ConfigError, ModelFileError, UnknownModalityError
+from anchorbind.hub import resolve_model_dir, upload_folder
+from anchorbind.model_card import MODEL_CARD_NAME, render_model_card
 from anchorbind.plugin import ModalityPlugin
 from anchorbind.processor import Processor, move_to_device
 from anchorbind.registry import ANCHOR_MODALITY, create_plugin, list_modalities
@@ -125,7 +127,7 @@ class BindModel(nn.Module):
         return self.encoder(modality)(move_to_device(batch, self.device))
 
     @torch.inference_mode()
-    def embed(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def embed(self, inputs: Mapping[str, Any], *, batch_size: int = 64) -> dict[str, torch.Tensor]:
         """Embed raw inputs (lists of paths/bytes/arrays/strings) or collated batches.
 
         Runs under ``torch.inference_mode()``: no autograd graph is kept and the outputs do not
@@ -133,15 +135,28 @@ class BindModel(nn.Module):
 
         Args:
             inputs: ``{modality: inputs}``; a list or tuple is read with the modality's loader,
-                anything else is taken as a collated batch.
+                ``batch_size`` inputs at a time, anything else is taken as a collated batch.
+            batch_size: inputs read and encoded at once (memory stays bounded for a long list).
+                For a collection on disk, ``anchorbind embed`` also decodes in worker processes
+                and writes a resumable store.
 
         Returns:
             ``{modality: (N, embed_dim) L2-normalised tensor}``.
         """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         out: dict[str, torch.Tensor] = {}
         for name, value in inputs.items():
-            batch = self.processor(name).load_batch(list(value)) if isinstance(value, (list, tuple)) else value
-            out[name] = self.encode(name, batch)
+            if not isinstance(value, (list, tuple)):
+                out[name] = self.encode(name, value)
+                continue
+            processor, values = self.processor(name), list(value)
+            if not values:
+                out[name] = torch.empty(0, self.embed_dim, device=self.device)
+                continue
+            chunks = [self.encode(name, processor.load_batch(values[i:i + batch_size]))
+                      for i in range(0, len(values), batch_size)]
+            out[name] = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return out
 
     # ------------------------------------------------------------------ training
@@ -208,8 +223,25 @@ class BindModel(nn.Module):
                 state[f"plugins.{name}.{key}"] = full[key].detach().contiguous().cpu()
         return state
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``."""
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        training_config: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        repo_id: str | None = None,
+    ) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` atomically into ``directory``.
+
+        Args:
+            training_config: the training run's config, shown in the card (the trainer passes it).
+            metrics: ``metrics.json`` of ``anchorbind eval`` (or its ``headline`` block): the
+                card's headline table.
+            repo_id: the Hub id the card's "how to load" example names (default: ``directory``).
+
+        The card (:mod:`anchorbind.model_card`) is documentation only: :meth:`from_pretrained`
+        never reads it.
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         meta = {
@@ -218,35 +250,78 @@ class BindModel(nn.Module):
             "anchor_identity": self.anchor.identity,
             **config_to_dict(self.config),
         }
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        def write(tmp: Path) -> None:
             save_file(self.trainable_state_dict(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                directory.rename(old)
-                tmp.rename(directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return directory
+            (tmp / MODEL_CARD_NAME).write_text(render_model_card(
+                self, load_name=repo_id or str(directory), training_config=training_config, metrics=metrics))
+
+        return write_directory(directory, write)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        commit_message: str = "Upload AnchorBind model",
+        revision: str | None = None,
+        training_config: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> Any:
+        """Upload this model to the Hugging Face Hub as ``repo_id`` (created if needed).
+
+        The folder uploaded is exactly :meth:`save_pretrained`'s (``config.json``,
+        ``model.safetensors``, ``README.md``), written to a temporary folder and handed to
+        ``huggingface_hub``'s ``HfApi.create_repo(exist_ok=True)`` and ``HfApi.upload_folder``
+        (:func:`anchorbind.hub.upload_folder`).
+
+        Args:
+            private: make a new repository private (``None``: the Hub's default).
+            token: a Hub token (default: the logged-in one).
+            training_config, metrics: shown in the model card, as in :meth:`save_pretrained`.
+            dry_run: prepare the folder and return its path without uploading (the caller deletes it).
+
+        Returns:
+            The ``CommitInfo`` of the upload, or the prepared folder when ``dry_run``.
+        """
+        if dry_run:
+            folder = Path(tempfile.mkdtemp(prefix="anchorbind-push-")) / "model"
+            return self.save_pretrained(folder, training_config=training_config, metrics=metrics, repo_id=repo_id)
+        with tempfile.TemporaryDirectory(prefix="anchorbind-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model", training_config=training_config, metrics=metrics,
+                                          repo_id=repo_id)
+            return upload_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
+                                 revision=revision)
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        map_location: str | torch.device = "cpu",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
     ) -> BindModel:
-        """Rebuild a model saved by :meth:`save_pretrained`; nothing is unpickled.
+        """Rebuild a model saved by :meth:`save_pretrained` (a folder, or a Hub id); nothing is unpickled.
+
+        ``directory`` is a local folder when one exists at that path; otherwise a Hub id such as
+        ``"org/name"`` is fetched with ``huggingface_hub.snapshot_download`` (``config.json``,
+        ``model.safetensors`` and ``README.md`` only) at ``revision``, through the Hub cache
+        (``cache_dir``, default ``HF_HUB_CACHE``) and honouring ``HF_HUB_OFFLINE``. The model card
+        is never read.
 
         Raises:
-            ModelFileError: naming the path: the folder or a file is missing or unreadable,
+            ModelFileError: naming the path or Hub id: the model is not cached while offline, the
+                repository or revision does not exist, the folder or a file is missing or unreadable,
                 ``config.json`` is not JSON or not an AnchorBind config, the safetensors file is
                 corrupt, or its tensors do not match the config (missing, unexpected, mis-shaped).
             ConfigError: the saved config itself is invalid (unknown key or value).
         """
-        directory = Path(directory)
+        directory = resolve_model_dir(directory, (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME), revision=revision,
+                                      cache_dir=cache_dir, token=token)
         if not directory.is_dir():
             raise ModelFileError(f"{directory}: no such model folder")
         config_path = directory / CONFIG_NAME

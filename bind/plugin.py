@@ -196,6 +196,16 @@ class ModalityPlugin(nn.Module, ABC):
         """
         return None
 
+    def pretrained_weights(self) -> list[dict[str, str]]:
+        """The pretrained weights this plugin is built from, for the model card's licence section.
+
+        One mapping per set of weights: ``{"component": ..., "weights": ..., "source": ...,
+        "license": ..., "note": ...}`` (``license`` a Hub licence id such as ``"apache-2.0"``;
+        :func:`anchorbind.licenses.package_license` reads it from an installed package). The
+        default, ``[]``, means the plugin is trained from scratch.
+        """
+        return []
+
     def input_description(self) -> str:
         """What :meth:`load` accepts, for docs and ``anchorbind modalities`` (the processor's)."""
         return self.processor.input_description()

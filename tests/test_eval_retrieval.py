@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score
 
 from anchorbind.errors import InputError
 from anchorbind.metrics import category_ranking, chunked_topk, retrieval_metrics, target_ranks
+from anchorbind.metrics import retrieval as retrieval_module
 from anchorbind.metrics.checks import resolve_chunk_size
 
 
@@ -230,3 +231,75 @@ def test_bad_inputs_are_refused_with_the_argument_named():
         retrieval_metrics(good, unit(7, 4, 22), ks=(1,))
     with pytest.raises(InputError, match="no query label"):
         retrieval_metrics(good, good, query_labels=[1] * 5, gallery_labels=[2] * 5, paired=False, ks=(1,))
+
+
+# --------------------------------------------------------------------------- counting and one-sort paths
+
+
+@pytest.mark.parametrize("ties", ["optimistic", "pessimistic"])
+@pytest.mark.parametrize("paired", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 11, None])
+def test_counted_target_ranks_match_brute_force_with_ties(ties, paired, chunk_size):
+    rng = np.random.default_rng(30)
+    dim = 3
+    queries = axis_vectors(rng.integers(0, 2 * dim, 43).tolist(), dim)
+    gallery = axis_vectors(rng.integers(0, 2 * dim, 43 if paired else 31).tolist(), dim)
+    targets = np.arange(43) if paired else rng.integers(0, 31, 43)
+    ranks = target_ranks(queries, gallery, None if paired else targets, ties=ties, chunk_size=chunk_size)
+    assert ranks.tolist() == brute_ranks((queries @ gallery.T).tolist(), targets.tolist(), ties)
+
+
+@pytest.mark.parametrize("ties", ["optimistic", "pessimistic"])
+def test_duplicated_gallery_items_tie_with_the_true_item(ties):
+    queries, gallery = unit(40, 8, 31), unit(40, 8, 32)
+    gallery[[5, 17, 33]] = gallery[2].clone()  # three exact copies of query 2's true item in other tiles
+    labels = list(range(40))
+    expected = brute_metrics(queries, gallery, labels, labels, ks=(1, 5), ties=ties)
+    for query_labels in (None, labels):  # instance only (tiled counting) and with the category sort
+        actual = retrieval_metrics(
+            queries, gallery, query_labels=query_labels, gallery_labels=query_labels, ks=(1, 5), ties=ties
+        )
+        assert_metrics_equal(actual, {k: v for k, v in expected.items() if k in actual})
+    optimistic, pessimistic = (target_ranks(queries, gallery, ties=rule) for rule in ("optimistic", "pessimistic"))
+    assert pessimistic[2].item() == optimistic[2].item() + 3  # the copies tie with the true item
+
+
+@pytest.mark.parametrize("ties", ["optimistic", "pessimistic"])
+@pytest.mark.parametrize(("num_labels", "chunk_size"), [(1, 5), (2, 7), (3, None)])
+def test_many_relevant_items_per_query_with_ties(ties, num_labels, chunk_size):
+    # Half, a third or all of the gallery relevant to each query, six distinct scores in all.
+    rng = np.random.default_rng(33)
+    dim = 3
+    queries = axis_vectors(rng.integers(0, 2 * dim, 36).tolist(), dim)
+    gallery = axis_vectors(rng.integers(0, 2 * dim, 36).tolist(), dim)
+    q_labels = rng.integers(0, num_labels, 36).tolist()
+    g_labels = rng.integers(0, num_labels, 36).tolist()
+    actual = retrieval_metrics(
+        queries, gallery, query_labels=q_labels, gallery_labels=g_labels, ties=ties, chunk_size=chunk_size
+    )
+    assert_metrics_equal(actual, brute_metrics(queries, gallery, q_labels, g_labels, ties=ties))
+
+
+@pytest.mark.parametrize("ties", ["optimistic", "pessimistic"])
+@pytest.mark.parametrize("exact_ties", [False, True])
+def test_one_sort_cpu_path_equals_the_two_sort_implementation(ties, exact_ties):
+    # The previous implementation (kept for non-CPU devices) as the reference: same first ranks,
+    # same AP up to the order of a float64 sum.
+    rng = np.random.default_rng(34)
+    if exact_ties:
+        queries = axis_vectors(rng.integers(0, 8, 200).tolist(), 4)
+        gallery = axis_vectors(rng.integers(0, 8, 300).tolist(), 4)
+    else:
+        queries, gallery = unit(200, 16, 35), unit(300, 16, 36)
+    q_codes = torch.as_tensor(rng.integers(0, 6, 200))  # label 5 never occurs in the gallery
+    g_codes = torch.as_tensor(rng.integers(0, 5, 300))
+    g_codes[:150] = 0  # one label holds half the gallery
+    fast = retrieval_module._category_ranking(queries, gallery, q_codes, g_codes, ties, 17)
+    reference = retrieval_module._category_ranking_torch(queries, gallery, q_codes, g_codes, ties, 17)
+    assert torch.equal(fast.num_relevant, reference.num_relevant)
+    assert torch.equal(fast.first_relevant_rank, reference.first_relevant_rank)
+    torch.testing.assert_close(fast.average_precision, reference.average_precision, rtol=0, atol=1e-12, equal_nan=True)
+    ranks, _ = retrieval_module._full_row_ranking(
+        queries[:200], gallery[:200], q_codes, g_codes[:200], torch.arange(200), ties, 17
+    )
+    assert ranks.tolist() == brute_ranks((queries @ gallery[:200].T).tolist(), list(range(200)), ties)

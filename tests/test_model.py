@@ -57,7 +57,7 @@ def test_save_and_restore_is_bit_identical_and_stores_only_trainable_weights(mod
                 p.add_(0.01 * torch.randn_like(p))
     before = model.embed(inputs)
     model.save_pretrained(tmp_path / "saved")
-    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     from safetensors.torch import load_file
 
     stored = load_file(str(tmp_path / "saved" / "model.safetensors"))

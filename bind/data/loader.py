@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,10 @@ def _processor_of(name: str, obj: Any) -> Any:
     return processor
 
 
+def _has_kept_key(sample: Mapping[str, Any], *, keep_key: Callable[[str], bool]) -> bool:
+    return bool(keep_key(sample.get("__key__")))
+
+
 def build_loader(
     shards: str | Path | Sequence[str | Path],
     processors: Mapping[str, Any],
@@ -127,6 +131,7 @@ def build_loader(
     use_anchor_cache: bool = False,
     anchor_identity: str | None = None,
     handler: str = "warn",
+    keep_key: Callable[[str], bool] | None = None,
 ) -> torch.utils.data.DataLoader:
     """Build the training or evaluation loader over ``shards`` (batch format: module docstring).
 
@@ -154,6 +159,9 @@ def build_loader(
         handler: ``"warn"``: record each failure in ``batch["errors"]`` and skip what failed;
             ``"raise"``: raise :class:`~anchorbind.errors.InputError` naming the shard, key and reason
             at the first failure.
+        keep_key: when given, only samples whose ``__key__`` it accepts are decoded (the others
+            are dropped unread and unreported; ``anchorbind embed`` skips keys already embedded).
+            It is sent to every worker, so it must pickle.
 
     Returns:
         A ``torch.utils.data.DataLoader`` (``batch_size=None``: batches are built in the workers).
@@ -190,6 +198,8 @@ def build_loader(
                    wds.split_by_worker]
     stages.append(functools.partial(track_urls, errors=errors))
     stages.append(wds.tarfile_to_samples(handler=errors.raise_tar_error if handler == "raise" else errors.tar_handler))
+    if keep_key is not None:
+        stages.append(wds.select(functools.partial(_has_kept_key, keep_key=keep_key)))
     if train and shuffle_buffer > 1:
         stages.append(functools.partial(_shuffle_stage, bufsize=shuffle_buffer, seed=seed, epoch=epoch, rank=rank))
     stages.append(functools.partial(

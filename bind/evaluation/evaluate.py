@@ -41,6 +41,7 @@ from anchorbind.evaluation.shard_check import check_shards, member_readers
 from anchorbind.evaluation.visiocentrism import visiocentrism_section
 from anchorbind.evaluation.zeroshot import zero_shot_section
 from anchorbind.model import BindModel
+from anchorbind.model_card import update_headline
 from anchorbind.registry import ANCHOR_MODALITY, text_modalities
 
 __all__ = ["EMBEDDINGS_FILE", "METRICS_FILE", "EvalConfig", "evaluate_run", "headline", "main"]
@@ -277,6 +278,7 @@ def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = N
     metrics["headline"] = headline(metrics, text_queries=text_modalities(emb.modalities))
     metrics = _jsonable(metrics)
     _write_json(run_dir / METRICS_FILE, metrics)
+    update_headline(run_dir / "model", metrics)  # the model card's headline table, when the run has one
     return metrics
 
 

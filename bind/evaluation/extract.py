@@ -8,6 +8,7 @@ safetensors keeps ``anchorbind eval`` and ``anchorbind report`` independent and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -55,35 +56,115 @@ class EmbeddingSet:
         return self.embeddings[modality][self.masks[modality]]
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write atomically as safetensors (tensors) with keys/meta/errors as JSON metadata."""
+        """Write atomically: tensors as safetensors, keys/meta/errors as a JSON-lines sidecar.
+
+        The safetensors header is capped (100 MB), so per-sample keys and metadata in it fail
+        with "header too large" at about 40k samples. They go to ``{stem}.{digest}.rows.jsonl``
+        next to ``path`` instead (first line ``{"errors": [...]}``, then one ``{"key", "meta"}``
+        object per row), named in the header with its SHA-256 and row count. The sidecar is
+        written first and named by its content, and the safetensors file is replaced last, so
+        the pair on disk is always consistent; the sidecar of the replaced file is then removed.
+        """
         tensors: dict[str, torch.Tensor] = {}
         for m in self.embeddings:
             tensors[f"embeddings/{m}"] = self.embeddings[m].contiguous()
             tensors[f"features/{m}"] = self.features[m].contiguous()
             tensors[f"masks/{m}"] = self.masks[m].to(torch.uint8).contiguous()
         path = Path(path)
+        lines = [json.dumps({"errors": self.errors}) + "\n"]
+        rows = zip(self.keys, self.meta, strict=True)
+        lines.extend(json.dumps({"key": key, "meta": meta}) + "\n" for key, meta in rows)
+        payload = "".join(lines).encode("utf-8")
+        digest = hashlib.sha256(payload).hexdigest()
+        rows_name = f"{path.stem}.{digest[:16]}{ROWS_SUFFIX}"
+        previous = _rows_file_of(path)
+        _write_atomically(path.with_name(rows_name), payload)
         tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={
-            "keys": json.dumps(self.keys), "meta": json.dumps(self.meta), "errors": json.dumps(self.errors),
-        })
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={
+                "format": ROWS_FORMAT,
+                "rows_file": rows_name,
+                "rows_sha256": digest,
+                "num_rows": str(len(self.keys)),
+            },
+        )
         os.replace(tmp, path)
+        if previous is not None and previous != rows_name:
+            path.with_name(previous).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EmbeddingSet:
+        """Read a file written by :meth:`save`: the sidecar layout, or the older one with keys,
+        meta and errors as JSON in the safetensors header.
+
+        Raises:
+            ValueError: the sidecar named in the header is missing, altered or of another length.
+        """
         from safetensors import safe_open
 
+        path = Path(path)
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata()
+            metadata = handle.metadata() or {}
         tensors = load_file(str(path))
         names = sorted({k.split("/", 1)[1] for k in tensors if k.startswith("embeddings/")})
+        if "rows_file" in metadata:
+            keys, meta, errors = _read_rows(path, metadata)
+        else:  # the layout before the sidecar
+            keys, meta, errors = (json.loads(metadata[name]) for name in ("keys", "meta", "errors"))
         return cls(
-            keys=json.loads(metadata["keys"]),
+            keys=keys,
             embeddings={m: tensors[f"embeddings/{m}"] for m in names},
             features={m: tensors[f"features/{m}"] for m in names},
             masks={m: tensors[f"masks/{m}"].bool() for m in names},
-            meta=json.loads(metadata["meta"]),
-            errors=json.loads(metadata["errors"]),
+            meta=meta,
+            errors=errors,
         )
+
+
+ROWS_FORMAT = "anchorbind-embeddings/2"
+ROWS_SUFFIX = ".rows.jsonl"
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _rows_file_of(path: Path) -> str | None:
+    """The sidecar named by an existing embeddings file, if any (None when absent or unreadable)."""
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            name = (handle.metadata() or {}).get("rows_file")
+    except Exception:  # an unreadable previous file is replaced anyway
+        return None
+    return name if name and Path(name).name == name else None
+
+
+def _read_rows(path: Path, metadata: dict[str, str]) -> tuple[list[str], list[dict[str, Any] | None], list[Any]]:
+    name = metadata["rows_file"]
+    if Path(name).name != name:
+        raise ValueError(f"{path}: the header names rows file {name!r}, which is not a plain file name")
+    rows_path = path.with_name(name)
+    if not rows_path.is_file():
+        raise ValueError(f"{path}: its keys and metadata file {rows_path.name} is missing (copy it along)")
+    payload = rows_path.read_bytes()
+    if hashlib.sha256(payload).hexdigest() != metadata.get("rows_sha256"):
+        raise ValueError(f"{path}: {rows_path.name} does not match the checksum in the header")
+    lines = payload.decode("utf-8").splitlines()
+    rows = [json.loads(line) for line in lines[1:]]
+    if len(rows) != int(metadata.get("num_rows", -1)):
+        raise ValueError(f"{path}: {rows_path.name} has {len(rows)} rows, the header says {metadata.get('num_rows')}")
+    return [row["key"] for row in rows], [row["meta"] for row in rows], json.loads(lines[0])["errors"]
 
 
 @torch.inference_mode()

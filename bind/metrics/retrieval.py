@@ -30,13 +30,15 @@ agree whenever no relevant item ties with an irrelevant one.
 time (``chunk x M`` entries, the chunk chosen from ``memory_budget_bytes`` unless given), so a
 100k x 100k evaluation never materialises the 10^10-entry similarity matrix (the ``(M, D)``
 gallery itself is held in addition). The chunked results are identical to the full-matrix
-computation because every statistic is per query; a CPU run of 30k x 30k (D=256, one thread)
-takes about 20 s with a 256 MiB budget.
+computation because every statistic is per query. Instance ranks are counted in place in the
+score buffer (one pass, no sort); category positions need one sort per score row, which on CPU
+costs about twice the matrix product at D=256 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,12 +71,12 @@ __all__ = [
 TieHandling = Literal["optimistic", "pessimistic"]
 
 # Bytes each (query, gallery) entry costs in the working set of one chunk, counting every
-# temporary (peak RSS measured on 30k x 30k): target ranks hold the scores (4), a comparison
-# mask (1) and the int64 copy torch makes to count it (8); category ranking the scores, the
-# relevance mask, a masked copy and two sorted copies, plus allocator slack; top-k the scores
-# and the concatenated candidate values (4) and indices (8).
-_TARGET_RANK_BYTES = 16
-_CATEGORY_RANK_BYTES = 40
+# temporary (peak RSS measured on 30k x 30k and 100k x 100k): target ranks hold the scores (4),
+# compared and summed in place, plus allocator slack; category ranking the scores (4, sorted in
+# place) and a sorted copy of the relevant ones (at most 4), plus slack; top-k the scores and the
+# concatenated candidate values (4) and indices (8).
+_TARGET_RANK_BYTES = 8
+_CATEGORY_RANK_BYTES = 12
 _TOPK_BYTES = 24
 
 
@@ -193,16 +195,32 @@ def _target_ranks(
 ) -> torch.Tensor:
     ranks = torch.empty(queries.shape[0], dtype=torch.int64)
     targets = targets.to(queries.device)
+    buffer: torch.Tensor | None = None  # one score buffer for every chunk: no page faults per chunk
     for rows in _row_chunks(queries.shape[0], chunk):
-        scores = queries[rows] @ gallery.T
+        size = rows.stop - rows.start
+        if buffer is None:
+            buffer = torch.empty(size, gallery.shape[0], dtype=queries.dtype, device=queries.device)
+        scores = torch.mm(queries[rows], gallery.T, out=buffer[:size])
         # The true score is read from the same matrix product as its competitors, so rounding
-        # can never make the true item beat (or lose to) itself.
+        # can never make the true item beat (or lose to) itself, nor split it from an exact copy.
         true_scores = scores.gather(1, targets[rows, None])
-        beaten_by = (scores > true_scores).count_nonzero(dim=1)
-        if ties == "pessimistic":
-            beaten_by += (scores == true_scores).count_nonzero(dim=1) - 1  # minus the true item itself
+        # Counted in place (1.0 where a competitor is placed before the true item): one pass
+        # over the scores, no mask or int64 copy.
+        if ties == "optimistic":
+            beaten_by = _count_ones(scores.gt_(true_scores))
+        else:
+            beaten_by = _count_ones(scores.ge_(true_scores)) - 1  # minus the true item itself
         ranks[rows] = (beaten_by + 1).cpu()
     return ranks
+
+
+def _count_ones(flags: torch.Tensor) -> torch.Tensor:
+    """Row sums of a 0/1 float32 matrix as int64, exact (float32 sums are exact below 2**24)."""
+    step = 2**23
+    total = torch.zeros(flags.shape[0], dtype=torch.int64, device=flags.device)
+    for first in range(0, flags.shape[1], step):
+        total += flags[:, first : first + step].sum(dim=1).to(torch.int64)
+    return total
 
 
 def target_ranks(
@@ -313,6 +331,113 @@ def _sort_rows(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def _category_ranking(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    query_codes: torch.Tensor,
+    gallery_codes: torch.Tensor,
+    ties: TieHandling,
+    chunk: int,
+) -> CategoryRanking:
+    return _full_row_ranking(queries, gallery, query_codes, gallery_codes, None, ties, chunk)[1]
+
+
+def _full_row_ranking(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    query_codes: torch.Tensor,
+    gallery_codes: torch.Tensor,
+    targets: torch.Tensor | None,
+    ties: TieHandling,
+    chunk: int,
+) -> tuple[torch.Tensor | None, CategoryRanking]:
+    """Category ranking, plus the instance ranks of ``targets`` from the same scores when given."""
+    if queries.device.type != "cpu":
+        ranking = _category_ranking_torch(queries, gallery, query_codes, gallery_codes, ties, chunk)
+        ranks = None if targets is None else _target_ranks(queries, gallery, targets, ties, chunk)
+        return ranks, ranking
+    return _full_row_ranking_cpu(queries, gallery, query_codes, gallery_codes, targets, ties, chunk)
+
+
+def _full_row_ranking_cpu(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    query_codes: torch.Tensor,
+    gallery_codes: torch.Tensor,
+    targets: torch.Tensor | None,
+    ties: TieHandling,
+    chunk: int,
+) -> tuple[torch.Tensor | None, CategoryRanking]:
+    # The same positions as _category_ranking_torch with one sort per row instead of two: the
+    # m-th best relevant item sits at m + (all items placed before it) - (relevant items placed
+    # before it), "placed before" meaning scoring strictly higher (optimistic) or at least as
+    # high (pessimistic). The relevant scores of a query are gathered (R per row) and sorted on
+    # their own; the count over all items is a binary search in the row sorted in place
+    # (numpy's vectorised sort, the rows split over threads, which numpy runs without the GIL).
+    # The instance rank is a binary search of the true score in the same sorted row.
+    num_queries, num_gallery = queries.shape[0], gallery.shape[0]
+    first_rank = np.zeros(num_queries, dtype=np.int64)
+    average_precision = np.full(num_queries, np.nan, dtype=np.float64)
+    query_code_array = query_codes.numpy()
+    gallery_code_array = gallery_codes.numpy()
+    order = np.argsort(gallery_code_array, kind="stable")
+    codes, starts, counts = np.unique(gallery_code_array[order], return_index=True, return_counts=True)
+    members = {int(c): order[b : b + n] for c, b, n in zip(codes.tolist(), starts, counts, strict=True)}
+    num_relevant = np.zeros(num_queries, dtype=np.int64)
+    present = np.isin(query_code_array, codes)
+    num_relevant[present] = counts[np.searchsorted(codes, query_code_array[present])]
+    ranks = None if targets is None else np.empty(num_queries, dtype=np.int64)
+    target_array = None if targets is None else targets.numpy()
+    side = "right" if ties == "optimistic" else "left"  # "right" skips past values equal to v
+
+    def rank_rows(scores: np.ndarray, first: int) -> None:
+        count = scores.shape[0]
+        row_codes = query_code_array[first : first + count]
+        groups = []
+        for code in np.unique(row_codes).tolist():
+            items = members.get(code)
+            if items is not None:
+                group_rows = np.flatnonzero(row_codes == code)
+                relevant = scores[group_rows[:, None], items[None, :]]  # a copy, R per row
+                relevant.sort(axis=1)
+                groups.append((group_rows, relevant))
+        true_scores = None
+        if target_array is not None:
+            true_scores = scores[np.arange(count), target_array[first : first + count]]
+        scores.sort(axis=1)  # in place: the score chunk is not needed unsorted any more
+        if true_scores is not None:
+            for row in range(count):
+                higher = num_gallery - int(np.searchsorted(scores[row], true_scores[row], side=side))
+                ranks[first + row] = higher + (1 if side == "right" else 0)  # minus itself if pessimistic
+        for group_rows, relevant in groups:
+            size = relevant.shape[1]
+            m = np.arange(size, 0, -1, dtype=np.float64)  # column j is the m-th best relevant item
+            for row, sorted_relevant in zip(group_rows.tolist(), relevant, strict=True):
+                higher_all = num_gallery - np.searchsorted(scores[row], sorted_relevant, side=side)
+                higher_relevant = size - np.searchsorted(sorted_relevant, sorted_relevant, side=side)
+                positions = m + (higher_all - higher_relevant)
+                average_precision[first + row] = float((m / positions).sum()) / size
+                first_rank[first + row] = int(positions[-1])
+
+    workers = max(1, min(torch.get_num_threads(), chunk))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        buffer = torch.empty(min(chunk, num_queries), num_gallery, dtype=queries.dtype)  # reused
+        for rows in _row_chunks(num_queries, chunk):
+            scores = torch.mm(queries[rows], gallery.T, out=buffer[: rows.stop - rows.start]).numpy()
+            step = -(-scores.shape[0] // workers)
+            parts = [
+                pool.submit(rank_rows, scores[start : start + step], rows.start + start)
+                for start in range(0, scores.shape[0], step)
+            ]
+            for part in parts:
+                part.result()
+            del scores
+    ranking = CategoryRanking(
+        torch.from_numpy(first_rank), torch.from_numpy(average_precision), torch.from_numpy(num_relevant)
+    )
+    return (None if ranks is None else torch.from_numpy(ranks)), ranking
+
+
+def _category_ranking_torch(
     queries: torch.Tensor,
     gallery: torch.Tensor,
     query_codes: torch.Tensor,
@@ -487,19 +612,26 @@ def retrieval_metrics(
         raise InputError("query_labels", "unpaired retrieval needs labels to know which items are relevant")
 
     metrics: dict[str, float] = {}
-    if paired:
-        chunk = resolve_chunk_size(chunk_size, num_gallery, _TARGET_RANK_BYTES, memory_budget_bytes)
-        ranks = _target_ranks(query_tensor, gallery_tensor, torch.arange(num_queries), ties, chunk)
-        metrics.update(summarize_ranks(ranks, ks, "instance"))
+    targets = torch.arange(num_queries) if paired else None
     if query_labels is not None and gallery_labels is not None:
         query_codes, gallery_codes = encode_labels(
             as_label_array(query_labels, num_queries, "query_labels"),
             as_label_array(gallery_labels, num_gallery, "gallery_labels"),
         )
         chunk = resolve_chunk_size(chunk_size, num_gallery, _CATEGORY_RANK_BYTES, memory_budget_bytes)
-        ranking = _category_ranking(query_tensor, gallery_tensor, query_codes, gallery_codes, ties, chunk)
+        # One pass over the scores serves both levels: the instance rank is read from the same
+        # sorted rows as the category positions.
+        ranks, ranking = _full_row_ranking(
+            query_tensor, gallery_tensor, query_codes, gallery_codes, targets, ties, chunk
+        )
+        if ranks is not None:
+            metrics.update(summarize_ranks(ranks, ks, "instance"))
         metrics.update(summarize_category(ranking, ks, "category"))
-    return metrics
+    elif targets is not None:
+        chunk = resolve_chunk_size(chunk_size, num_gallery, _TARGET_RANK_BYTES, memory_budget_bytes)
+        ranks = _target_ranks(query_tensor, gallery_tensor, targets, ties, chunk)
+        metrics.update(summarize_ranks(ranks, ks, "instance"))
+    return {key: metrics[key] for key in sorted(metrics, key=lambda key: not key.startswith("instance/"))}
 
 
 def _check_same_width(queries: torch.Tensor, gallery: torch.Tensor) -> None:

@@ -356,7 +356,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
     }
     if accelerator.is_main_process:
         # a kill between the final checkpoint and here leaves a run that --resume finishes
-        bind_model.save_pretrained(output_dir / "model")
+        bind_model.save_pretrained(output_dir / "model", training_config=config_to_dict(cfg))  # the card shows it
         write_json_atomic(output_dir / DECODE_ERRORS_FILE, decode_errors.to_dict())
         write_json_atomic(output_dir / "train_summary.json", summary)
         log.info("finished at step %d: model in %s; %d decode error(s)%s", state["step"], output_dir / "model",

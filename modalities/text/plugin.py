@@ -9,7 +9,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from anchorbind.errors import ConfigError
-from anchorbind.modalities.text.backbone import load_model
+from anchorbind.modalities.text.backbone import backbone_license, load_model
 from anchorbind.modalities.text.config import TextConfig
 from anchorbind.modalities.text.processor import TextProcessor
 from anchorbind.plugin import ModalityPlugin
@@ -67,6 +67,10 @@ class TextPlugin(ModalityPlugin):
     def example_bad_inputs(cls) -> list[object]:
         """Empty and whitespace-only text, bytes that are not UTF-8, and a type that is no text."""
         return ["", "  \n\t ", b"", b"\xff\xfe\xfd", 42, object()]
+
+    def pretrained_weights(self) -> list[dict[str, str]]:
+        """The backbone's weights and licence (see :func:`anchorbind.modalities.text.backbone.backbone_license`)."""
+        return [backbone_license(self.config.backbone)]
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
