@@ -20,7 +20,6 @@ import webdataset as wds
 from PIL import Image
 
 from anchorbind import BindModel
-from anchorbind.cli import main as cli_main
 from anchorbind.embedding_store import (
     EmbeddingStoreError,
     EmbeddingStoreWriter,
@@ -28,27 +27,13 @@ from anchorbind.embedding_store import (
     load_embedding_store,
 )
 from anchorbind.pipelines.embed import manifest_items
-from tests.test_cli_errors import SMALL, anchorbind, assert_one_line_error
-
-
-class Done:
-    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> Done:
-    capsys.readouterr()
-    code = cli_main(list(args))
-    out = capsys.readouterr()
-    return Done(code, out.out, out.err)
+from tests.test_cli_errors import anchorbind, assert_one_line_error, save_small_model
+from tests.test_cli_errors import run_in_process as run
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("scale") / "model"
-    BindModel.from_config(SMALL).save_pretrained(out)
-    return out
+    return save_small_model(tmp_path_factory.mktemp("scale") / "model")
 
 
 @pytest.fixture(scope="module")

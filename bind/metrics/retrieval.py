@@ -256,9 +256,7 @@ def target_ranks(
     """
     _check_ties(ties)
     device = resolve_device(device)
-    query_tensor = as_matrix(queries, "queries", device=device, require_normalized=True)
-    gallery_tensor = as_matrix(gallery, "gallery", device=device, require_normalized=True)
-    _check_same_width(query_tensor, gallery_tensor)
+    query_tensor, gallery_tensor = _normalized_pair(queries, gallery, device)
     target_tensor = _as_targets(targets, query_tensor.shape[0], gallery_tensor.shape[0])
     chunk = resolve_chunk_size(chunk_size, gallery_tensor.shape[0], _TARGET_RANK_BYTES, memory_budget_bytes)
     return _target_ranks(query_tensor, gallery_tensor, target_tensor, ties, chunk)
@@ -521,9 +519,7 @@ def category_ranking(
     """
     _check_ties(ties)
     device = resolve_device(device)
-    query_tensor = as_matrix(queries, "queries", device=device, require_normalized=True)
-    gallery_tensor = as_matrix(gallery, "gallery", device=device, require_normalized=True)
-    _check_same_width(query_tensor, gallery_tensor)
+    query_tensor, gallery_tensor = _normalized_pair(queries, gallery, device)
     query_codes, gallery_codes = encode_labels(
         as_label_array(query_labels, query_tensor.shape[0], "query_labels"),
         as_label_array(gallery_labels, gallery_tensor.shape[0], "gallery_labels"),
@@ -599,9 +595,7 @@ def retrieval_metrics(
     if (query_labels is None) != (gallery_labels is None):
         raise ValueError("category retrieval needs both query_labels and gallery_labels")
     device = resolve_device(device)
-    query_tensor = as_matrix(queries, "queries", device=device, require_normalized=True)
-    gallery_tensor = as_matrix(gallery, "gallery", device=device, require_normalized=True)
-    _check_same_width(query_tensor, gallery_tensor)
+    query_tensor, gallery_tensor = _normalized_pair(queries, gallery, device)
     num_queries, num_gallery = query_tensor.shape[0], gallery_tensor.shape[0]
     ks = check_ks(ks, num_gallery, f"the gallery has {num_gallery} items")
     if paired is None:
@@ -632,6 +626,14 @@ def retrieval_metrics(
         ranks = _target_ranks(query_tensor, gallery_tensor, targets, ties, chunk)
         metrics.update(summarize_ranks(ranks, ks, "instance"))
     return {key: metrics[key] for key in sorted(metrics, key=lambda key: not key.startswith("instance/"))}
+
+
+def _normalized_pair(queries: ArrayLike, gallery: ArrayLike, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both matrices as float tensors on ``device``, checked unit-norm and of one width."""
+    query_tensor = as_matrix(queries, "queries", device=device, require_normalized=True)
+    gallery_tensor = as_matrix(gallery, "gallery", device=device, require_normalized=True)
+    _check_same_width(query_tensor, gallery_tensor)
+    return query_tensor, gallery_tensor
 
 
 def _check_same_width(queries: torch.Tensor, gallery: torch.Tensor) -> None:
