@@ -82,7 +82,13 @@ class FrozenAnchor(nn.Module):
         self.model, source = _build_model(config)
         self.model.requires_grad_(False)
         self.model.eval()
-        self.embed_dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        if config.output == "head":
+            if not getattr(self.model, "num_classes", 0):
+                raise ConfigError(f"anchor.output='head': {config.model!r} was built without a head "
+                                  "(num_classes=0); set anchor.model_kwargs.num_classes")
+            self.embed_dim = int(self.model.num_classes)
+        else:
+            self.embed_dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
         args = {"input_size": (3, config.image_size, config.image_size)} if config.image_size else {}
         # The built model's own data config; create_image_processor(config) resolves the same one
         # from timm's registry without a model (tests/test_processors.py checks they agree).
@@ -137,10 +143,12 @@ class FrozenAnchor(nn.Module):
         return features, l2_normalize(features)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled, un-normalised features ``(B, embed_dim)`` (timm's pre-logits output)."""
+        """Pooled, un-normalised features ``(B, embed_dim)``: timm's pre-logits output, or the
+        head's output with ``config.output="head"``."""
         x = self._check_batch(images)
+        pre_logits = self.config.output != "head"
         with torch.no_grad():
-            features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            features = self.model.forward_head(self.model.forward_features(x), pre_logits=pre_logits)
         return features.flatten(1)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
@@ -175,7 +183,11 @@ def _build_model(config: AnchorConfig) -> tuple[nn.Module, str]:
         torch.manual_seed(INIT_SEED)
         if config.weights == "timm":
             return _create_timm_pretrained(config, kwargs), "timm"
-        model = timm.create_model(config.model, pretrained=False, **kwargs)
+        try:
+            model = timm.create_model(config.model, pretrained=False, **kwargs)
+        except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+            raise ConfigError(f"anchor: timm could not build {config.model!r} with {kwargs} "
+                              f"({type(err).__name__}: {err})") from None
     if config.weights == "none":
         return model, "none"
     if config.weights == "packaged":
@@ -188,9 +200,9 @@ def _build_model(config: AnchorConfig) -> tuple[nn.Module, str]:
                 "nor an existing file"
             )
     state = load_state_dict_file(path)
-    report = load_weights_into(
-        model, state, source_name=repr(str(path)), optional_keys=_classifier_keys(model)
-    )
+    # the head is optional for a classifier anchor, but it *is* the embedding with output="head"
+    optional = [] if config.output == "head" else _classifier_keys(model)
+    report = load_weights_into(model, state, source_name=repr(str(path)), optional_keys=optional)
     if report.dropped_optional:
         model.reset_classifier(0)  # no weights for it: classify() must refuse rather than guess
     logger.info("anchor weights %s loaded (%s)", path, report.mode)

@@ -8,7 +8,7 @@ alone building, the model. ``anchorbind.anchor`` re-exports :class:`AnchorConfig
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import timm
@@ -16,9 +16,10 @@ import timm
 from anchorbind.errors import ConfigError
 from anchorbind.weights import PACKAGED_LITE0_MODELS
 
-__all__ = ["WEIGHT_MODES", "AnchorConfig", "create_model_kwargs", "validate_anchor_config"]
+__all__ = ["ANCHOR_OUTPUTS", "WEIGHT_MODES", "AnchorConfig", "create_model_kwargs", "validate_anchor_config"]
 
 WEIGHT_MODES = ("packaged", "timm", "none")
+ANCHOR_OUTPUTS = ("pre_logits", "head")
 
 
 @dataclass
@@ -43,12 +44,22 @@ class AnchorConfig:
             2 x ``PIL.Image.MAX_IMAGE_PIXELS``, ~179 Mpx). The default, 2**26 (~67 Mpx, 192 MiB
             as RGB), is above every common camera (61 Mpx full frame, 8K video 33 Mpx) and below
             Pillow's bomb warning (89.5 Mpx), which it replaces.
+        model_kwargs: extra ``timm.create_model`` arguments (JSON values), e.g. the sizes of a
+            reduced ViT (``{"embed_dim": 256, "depth": 4, "num_heads": 4}``), a projection width
+            (``{"num_classes": 1024}``) or ``{"norm_layer": "layernorm"}`` (timm's LayerNorm, eps
+            1e-6). An imported checkpoint records here what its shapes imply.
+        output: which features define the space: ``"pre_logits"`` (the pooled features before
+            the classifier: the default, right for ImageNet classifiers) or ``"head"`` (through
+            the model's head: for CLIP-style towers whose head is the projection into a joint
+            space, such as ImageBind's vision branch; the embedding width is the head's).
     """
 
     model: str = "tf_efficientnet_lite0"
     weights: str = "packaged"
     image_size: int | None = None
     max_pixels: int | None = 1 << 26
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    output: str = "pre_logits"
 
 
 def validate_anchor_config(config: AnchorConfig) -> None:
@@ -70,6 +81,10 @@ def validate_anchor_config(config: AnchorConfig) -> None:
         raise ConfigError(f"anchor.max_pixels: must be positive or null, got {config.max_pixels}")
     if not config.weights:
         raise ConfigError(f"anchor.weights: expected one of {list(WEIGHT_MODES)} or a file path")
+    if config.output not in ANCHOR_OUTPUTS:
+        raise ConfigError(f"anchor.output: must be one of {list(ANCHOR_OUTPUTS)}, got {config.output!r}")
+    if not isinstance(config.model_kwargs, dict) or not all(isinstance(k, str) for k in config.model_kwargs):
+        raise ConfigError(f"anchor.model_kwargs: expected a mapping of argument names, got {config.model_kwargs!r}")
     if config.weights == "packaged" and config.model not in PACKAGED_LITE0_MODELS:
         raise ConfigError(
             f"anchor.weights='packaged' holds EfficientNet-Lite0 weights, usable only with model "
@@ -78,11 +93,12 @@ def validate_anchor_config(config: AnchorConfig) -> None:
 
 
 def create_model_kwargs(config: AnchorConfig) -> dict[str, Any]:
-    """Extra ``timm.create_model`` arguments: models with a fixed input size (ViTs) must be built
-    at the requested resolution."""
+    """Extra ``timm.create_model`` arguments: ``model_kwargs``, and for models with a fixed input
+    size (ViTs) the requested resolution."""
+    kwargs = dict(config.model_kwargs)
     if config.image_size is None or ":" in config.model:
-        return {}
+        return kwargs
     pretrained_cfg = timm.models.get_pretrained_cfg(config.model)
     if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
-        return {"img_size": config.image_size}
-    return {}
+        kwargs.setdefault("img_size", config.image_size)
+    return kwargs

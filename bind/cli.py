@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("anchorbind.commands:config_main", "list the packaged configs, or print one to start your own"),
     "check-plugin": ("anchorbind.contract:main", "run the plugin contract checks against an installed modality plugin"),
     "export": ("anchorbind.export:main", "export one encoder (plugin or anchor) to ONNX or a torch.export .pt2"),
+    "import-imagebind": ("anchorbind.pipelines.imagebind.cli:main", "convert ImageBind's checkpoint (all six "
+                         "modalities) into a model folder"),
 }
 
 

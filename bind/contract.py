@@ -478,7 +478,7 @@ def _check_bind_model(ctx: _Context) -> str:
              f"BindModel.embed gave {tuple(before.shape)}, expected ({len(ctx.inputs)}, {model.embed_dim})")
     difference = _difference(before, after, "embeddings")
     if difference is not None:
-        stored_keys = model.trainable_state_dict().keys()
+        stored_keys = model.persistent_state_dict().keys()
         reloaded = loaded.state_dict()
         rebuilt = sorted(k for k, v in model.state_dict().items()
                          if k not in stored_keys and _difference(v, reloaded[k]) is not None)

@@ -16,11 +16,13 @@ class ProjectionHead(nn.Module):
 
     LayerNorm -> Dropout -> Linear (no bias). The output is *not* normalised: the plugin
     L2-normalises it so that the trunk, head and normalisation stay separately inspectable.
+    ``norm=False`` leaves the LayerNorm out, for trunks whose pooled output is already
+    normalised by their own final norm (ImageBind's heads: LayerNorm -> pool -> Linear).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0, *, norm: bool = True) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(in_dim)
+        self.norm = nn.LayerNorm(in_dim) if norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(in_dim, out_dim, bias=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from anchorbind.anchor import AnchorConfig, FrozenAnchor
+from anchorbind.anchor_config import WEIGHT_MODES
 from anchorbind.atomic import write_directory
 from anchorbind.config import config_to_dict, from_dict
 from anchorbind.errors import ConfigError, ModelFileError, UnknownModalityError
@@ -25,19 +27,34 @@ from anchorbind.plugin import ModalityPlugin
 from anchorbind.processor import Processor, move_to_device
 from anchorbind.registry import ANCHOR_MODALITY, create_plugin, list_modalities
 
-__all__ = ["BindModel", "ModelConfig"]
+__all__ = ["IMPORTER_ENTRY_POINT_GROUP", "BindModel", "ModelConfig"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+DEPENDENCIES_DIR = "deps"
+"""Where a saved model keeps the local files its config names (anchor weights, a backbone folder)."""
 FORMAT_VERSION = 1
+IMPORTER_ENTRY_POINT_GROUP = "anchorbind.importers"
+LORA_BASE_LAYER = "base_layer"
 
 
 @dataclass
 class ModelConfig:
-    """The anchor's config and one config mapping per plugin modality (validated by the plugin)."""
+    """The anchor's config and one config mapping per plugin modality (validated by the plugin).
+
+    Attributes:
+        anchor: the frozen image encoder.
+        modalities: ``{name: plugin config}``.
+        init_from: a saved model (folder or Hub id) to start from, e.g. an imported ImageBind:
+            its anchor and plugins are rebuilt with its weights, ``modalities`` entries are
+            merged over its saved plugin configs (``{audio: {tuning: lora}}`` adds adapters to
+            its audio trunk; ``{thermal: null}`` leaves a plugin out; a new name adds a fresh
+            plugin), and ``anchor`` must be left at its default (the anchor is the saved one).
+    """
 
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
-    modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
+    modalities: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    init_from: str | None = None
 
 
 class BindModel(nn.Module):
@@ -66,12 +83,43 @@ class BindModel(nn.Module):
         """Build the anchor and every plugin named in ``config.modalities``."""
         if not isinstance(config, ModelConfig):
             config = from_dict(ModelConfig, config, where="model")
+        if config.init_from:
+            if config.anchor != AnchorConfig():
+                raise ConfigError("model.anchor: leave it out with model.init_from; the anchor is the saved model's")
+            return cls.from_pretrained(config.init_from, modality_overrides=config.modalities)
         anchor = FrozenAnchor(config.anchor)
         plugins = {
             name: create_plugin(name, plugin_cfg or {}, embed_dim=anchor.embed_dim)
-            for name, plugin_cfg in config.modalities.items()
+            for name, plugin_cfg in config.modalities.items() if plugin_cfg is not None
         }
         return cls(anchor, plugins)
+
+    @classmethod
+    def from_external(cls, format_name: str, source: Any, **kwargs: Any) -> BindModel:
+        """Convert another framework's checkpoint with the importer registered as ``format_name``.
+
+        Importers are entry points in the group ``anchorbind.importers`` (``imagebind`` is
+        built in: :func:`anchorbind.pipelines.imagebind.from_imagebind`); a package can add its
+        own the way it adds a modality.
+
+        Raises:
+            ConfigError: no importer of that name is installed (the installed ones are listed).
+        """
+        from importlib.metadata import entry_points
+
+        found = {ep.name: ep for ep in entry_points(group=IMPORTER_ENTRY_POINT_GROUP)}
+        if format_name not in found:
+            raise ConfigError(f"no checkpoint importer {format_name!r}; installed: {sorted(found)}")
+        return found[format_name].load()(source, **kwargs)
+
+    @classmethod
+    def from_imagebind(cls, source: Any, out: str | os.PathLike[str] | None = None, **kwargs: Any) -> BindModel:
+        """ImageBind's ``imagebind_huge.pth`` (or a state dict, or a reduced checkpoint) as a BindModel.
+
+        ``from_external("imagebind", source, out=out, **kwargs)``; the weights are CC-BY-NC 4.0.
+        See :func:`anchorbind.pipelines.imagebind.from_imagebind` and ``docs/imagebind.md``.
+        """
+        return cls.from_external("imagebind", source, out=out, **kwargs)
 
     @property
     def config(self) -> ModelConfig:
@@ -208,20 +256,15 @@ class BindModel(nn.Module):
         return {"embeddings": embeddings, "masks": masks, "logit_scales": scales, "native": native}
 
     # ------------------------------------------------------------------ persistence
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every plugin weight that training can change, plus plugin buffers.
+    def persistent_state_dict(self) -> dict[str, torch.Tensor]:
+        """What ``model.safetensors`` stores: each plugin's ``persistent_state_dict()``.
 
-        The anchor and frozen plugin backbones are rebuilt from their configs on load, so they are
-        not stored: a bound model is a few MB even when its text backbone is large.
+        The anchor and frozen pretrained backbones are rebuilt from their configs on load, so
+        they are not stored: a bound model is a few MB even when its text backbone is large.
+        Trunks initialised at random are stored whole, frozen or LoRA-adapted.
         """
-        state: dict[str, torch.Tensor] = {}
-        for name, plugin in self.plugins.items():
-            full = plugin.state_dict()
-            keep = {n for n, p in plugin.named_parameters() if p.requires_grad}
-            keep |= {n for n, _ in plugin.named_buffers()}
-            for key in keep & full.keys():
-                state[f"plugins.{name}.{key}"] = full[key].detach().contiguous().cpu()
-        return state
+        return {f"plugins.{name}.{key}": value.detach().contiguous().cpu()
+                for name, plugin in self.plugins.items() for key, value in plugin.persistent_state_dict().items()}
 
     def save_pretrained(
         self,
@@ -244,19 +287,40 @@ class BindModel(nn.Module):
         """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": "anchorbind",
-            "format_version": FORMAT_VERSION,
-            "anchor_identity": self.anchor.identity,
-            **config_to_dict(self.config),
-        }
         def write(tmp: Path) -> None:
-            save_file(self.trainable_state_dict(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
-            (tmp / MODEL_CARD_NAME).write_text(render_model_card(
-                self, load_name=repo_id or str(directory), training_config=training_config, metrics=metrics))
+            self.write_model_files(tmp, training_config=training_config, metrics=metrics,
+                                   load_name=repo_id or str(directory))
 
         return write_directory(directory, write)
+
+    def write_model_files(self, folder: Path, *, training_config: Mapping[str, Any] | None = None,
+                          metrics: Mapping[str, Any] | None = None, load_name: str | None = None) -> None:
+        """Write this model's files into an existing (temporary) ``folder``: what
+        :meth:`save_pretrained` writes before it moves the folder into place.
+
+        Local files the config names (anchor weights given as a path, a plugin's local backbone
+        folder: its ``path_fields``) are linked or copied into ``deps/`` and the saved config
+        names them relative to the folder, so a saved model is self-contained and movable.
+        """
+        config = config_to_dict(self.config)
+        config.pop("init_from", None)
+        deps = folder / DEPENDENCIES_DIR
+        if _is_local_path(self.anchor.config.weights):
+            source = Path(self.anchor.config.weights).expanduser()
+            config["anchor"]["weights"] = _bundle(source, deps / f"anchor{''.join(source.suffixes)}", folder)
+        for name, plugin in self.plugins.items():
+            for key in getattr(plugin, "path_fields", ()):
+                value = config["modalities"][name].get(key)
+                if isinstance(value, str) and _is_local_path(value):
+                    source = Path(value).expanduser()
+                    config["modalities"][name][key] = _bundle(source, deps / f"{name}.{key}{''.join(source.suffixes)}",
+                                                              folder)
+        meta = {"format": "anchorbind", "format_version": FORMAT_VERSION, "anchor_identity": self.anchor.identity,
+                **config}
+        save_file(self.persistent_state_dict(), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (folder / MODEL_CARD_NAME).write_text(render_model_card(
+            self, load_name=load_name or str(folder), training_config=training_config, metrics=metrics))
 
     def push_to_hub(
         self,
@@ -304,8 +368,14 @@ class BindModel(nn.Module):
         revision: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         token: str | bool | None = None,
+        modality_overrides: Mapping[str, Mapping[str, Any] | None] | None = None,
     ) -> BindModel:
         """Rebuild a model saved by :meth:`save_pretrained` (a folder, or a Hub id); nothing is unpickled.
+
+        ``modality_overrides`` (what ``model.init_from`` passes) are merged over the saved plugin
+        configs before building: ``{name: None}`` drops a plugin, a new name adds a fresh one,
+        and switching a trunk to ``tuning: lora`` loads the saved weights into the adapted
+        layers' base (adapters start at zero, as LoRA's do).
 
         ``directory`` is a local folder when one exists at that path; otherwise a Hub id such as
         ``"org/name"`` is fetched with ``huggingface_hub.snapshot_download`` (``config.json``,
@@ -320,8 +390,8 @@ class BindModel(nn.Module):
                 corrupt, or its tensors do not match the config (missing, unexpected, mis-shaped).
             ConfigError: the saved config itself is invalid (unknown key or value).
         """
-        directory = resolve_model_dir(directory, (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME), revision=revision,
-                                      cache_dir=cache_dir, token=token)
+        directory = resolve_model_dir(directory, (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME, f"{DEPENDENCIES_DIR}/*"),
+                                      revision=revision, cache_dir=cache_dir, token=token)
         if not directory.is_dir():
             raise ModelFileError(f"{directory}: no such model folder")
         config_path = directory / CONFIG_NAME
@@ -336,7 +406,14 @@ class BindModel(nn.Module):
             raise ModelFileError(f"{config_path}: not an AnchorBind config (format={found!r})")
         if "anchor" not in meta or "modalities" not in meta:
             raise ModelFileError(f"{config_path}: missing 'anchor' or 'modalities'")
-        model = cls.from_config({"anchor": meta["anchor"], "modalities": meta["modalities"]})
+        anchor_cfg, modalities = _resolve_local_paths(directory, meta["anchor"], meta["modalities"])
+        saved_names = set(modalities)
+        for name, override in (modality_overrides or {}).items():
+            if override is None:
+                modalities.pop(name, None)
+            else:
+                modalities[name] = {**(modalities.get(name) or {}), **override}
+        model = cls.from_config({"anchor": anchor_cfg, "modalities": modalities})
         if model.anchor.identity != meta.get("anchor_identity"):
             raise ModelFileError(
                 f"{directory}: saved with anchor {meta.get('anchor_identity')} but its config now builds "
@@ -349,15 +426,86 @@ class BindModel(nn.Module):
             state = load_file(str(weights_path), device=str(map_location))
         except (OSError, SafetensorError) as err:
             raise ModelFileError(f"{weights_path}: unreadable safetensors file ({err})") from err
-        expected = model.trainable_state_dict()
-        missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+        expected = model.persistent_state_dict()
+        if modality_overrides:
+            state = _onto_lora_base_layers(state, expected)
+            kept = tuple(f"plugins.{name}." for name in saved_names)
+            state = {k: v for k, v in state.items() if k in expected or not k.startswith(kept) or
+                     k.split(".", 2)[1] in modalities}
+            fresh = {k for k in expected if "lora_" in k or not k.startswith(kept)}
+        else:
+            fresh = set()
+        missing = sorted(expected.keys() - state.keys() - fresh)
+        unexpected = sorted(state.keys() - expected.keys())
         if missing or unexpected:
             raise ModelFileError(
                 f"{weights_path}: weights do not match the config (missing {missing}, unexpected {unexpected})"
             )
         mis_shaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                      if tuple(state[k].shape) != tuple(v.shape)]
+                      if k in state and tuple(state[k].shape) != tuple(v.shape)]
         if mis_shaped:
             raise ModelFileError(f"{weights_path}: tensors of the wrong shape for the config: {', '.join(mis_shaped)}")
         model.load_state_dict(state, strict=False)
         return model.to(map_location)
+
+
+def _is_local_path(value: str) -> bool:
+    """True for a config value naming an existing local file or folder (not a mode or a Hub id)."""
+    if not value or value in WEIGHT_MODES or value == "packaged":
+        return False
+    return Path(value).expanduser().exists()
+
+
+def _bundle(source: Path, target: Path, folder: Path) -> str:
+    """Hard-link (or copy) ``source`` into ``target`` and return its path relative to ``folder``.
+
+    A source already inside ``folder`` (an importer wrote it there) stays where it is.
+    """
+    if source.resolve().is_relative_to(folder.resolve()):
+        return source.resolve().relative_to(folder.resolve()).as_posix()
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(src, dst)
+
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=link_or_copy)
+    else:
+        link_or_copy(str(source), str(target))
+    return target.relative_to(folder).as_posix()
+
+
+def _resolve_local_paths(directory: Path, anchor: dict[str, Any], modalities: dict[str, Any]
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The saved configs with paths relative to the model folder (``deps/...``) made absolute."""
+    from anchorbind.registry import plugin_class_or_none
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(f"{DEPENDENCIES_DIR}/") and (directory / value).exists():
+            return str((directory / value).resolve())
+        return value
+
+    anchor = {**anchor, "weights": resolve(anchor.get("weights"))} if isinstance(anchor, dict) else anchor
+    resolved: dict[str, Any] = {}
+    for name, cfg in (modalities or {}).items():
+        plugin_cls = plugin_class_or_none(name)
+        fields = getattr(plugin_cls, "path_fields", ()) if plugin_cls is not None else ()
+        resolved[name] = {k: resolve(v) if k in fields else v for k, v in cfg.items()} if isinstance(cfg, dict) else cfg
+    return anchor, resolved
+
+
+def _onto_lora_base_layers(state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+                           ) -> dict[str, torch.Tensor]:
+    """Rename saved weights of layers that now carry LoRA adapters (``x.qkv.weight`` -> ``x.qkv.base_layer.weight``)."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in expected:
+            head, _, leaf = key.rpartition(".")
+            candidate = f"{head}.{LORA_BASE_LAYER}.{leaf}"
+            if candidate in expected:
+                key = candidate
+        renamed[key] = value
+    return renamed

@@ -85,8 +85,26 @@ def anchor_weights_license(config: Any) -> WeightsLicense | None:
     if weights == "timm":
         return WeightsLicense("anchor", f"timm {model_name}", f"timm pretrained weights ({hub_id or 'timm'})",
                               timm_license, "licence from timm's pretrained cfg")
+    recorded = _safetensors_metadata(weights)
+    if recorded.get("license"):
+        return WeightsLicense("anchor", recorded.get("weights", f"timm {model_name}"),
+                              recorded.get("source", f"local file {Path(weights).name}"),
+                              normalise_license(recorded["license"]), "licence recorded in the weights file")
     return WeightsLicense("anchor", f"timm {model_name}", f"local file {Path(weights).name}", UNKNOWN,
                           "the licence of a local checkpoint is not recorded; state it here before sharing")
+
+
+def _safetensors_metadata(path: str) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file's header (``{}`` for other files or on error)."""
+    if not str(path).endswith(".safetensors"):
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as file:
+            return dict(file.metadata() or {})
+    except Exception:  # unreadable: the card says unknown, loading reports the real error
+        return {}
 
 
 def weights_licenses(model: Any) -> list[WeightsLicense]:

@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from anchorbind.adapters import add_lora_adapters, freeze
 from anchorbind.config import config_to_dict, from_dict
 from anchorbind.heads import LogitScale, ProjectionHead, l2_normalize
 from anchorbind.processor import InputSource, Processor, move_to_device, read_bytes
@@ -65,14 +66,22 @@ class PluginConfig:
         logit_scale_learnable: learn the scale (a parameter) or keep it fixed (a buffer).
         logit_scale_max: clamp for the scale (CLIP: 100).
         head_dropout: dropout before the projection.
+        head_norm: a LayerNorm before the projection. ``False`` for a trunk whose pooled output
+            already passed through its own final norm (ImageBind's layout, where that norm *is*
+            the head's).
         native_loss_weight: weight λ of the plugin's native objective (0 disables it).
+        pretrained: where the plugin's initial weights came from, for the model card's licence
+            table (``{"weights": ..., "source": ..., "license": ...}``); set by importers such as
+            ``anchorbind import-imagebind``, ``None`` for a plugin trained from scratch.
     """
 
     logit_scale_init: float = 1.0 / 0.07
     logit_scale_learnable: bool = True
     logit_scale_max: float = 100.0
     head_dropout: float = 0.0
+    head_norm: bool = True
     native_loss_weight: float = 0.0
+    pretrained: dict[str, str] | None = None
 
 
 class ModalityPlugin(nn.Module, ABC):
@@ -109,6 +118,9 @@ class ModalityPlugin(nn.Module, ABC):
     prompt_templates: ClassVar[tuple[str, ...]] = ("a {}.",)
     """Zero-shot prompt templates (one ``{}`` for the class name) that name this modality, e.g.
     ``("a {}.", "the sound of a {}.")``; the text plugin embeds them to classify this modality."""
+    path_fields: ClassVar[tuple[str, ...]] = ()
+    """Config fields that name local files or folders (a backbone folder). A saved model bundles
+    what they point at (``deps/``) and names it relative to itself, so it stays loadable when moved."""
     perceives: ClassVar[tuple[str, ...]] = ()
     """Observability groups (the values of a sample's ``observability`` JSON, e.g. ``"audio"``, or
     ``"visual"`` for another view of the scene such as a depth map) that this modality's inputs
@@ -161,10 +173,55 @@ class ModalityPlugin(nn.Module, ABC):
         trunk, trunk_dim = self.build_trunk()
         self.trunk = trunk
         self.trunk_dim = int(trunk_dim)
-        self.head = ProjectionHead(self.trunk_dim, self.embed_dim, config.head_dropout)
+        self.head = ProjectionHead(self.trunk_dim, self.embed_dim, config.head_dropout, norm=config.head_norm)
         self.logit_scale = LogitScale(
             config.logit_scale_init, config.logit_scale_learnable, config.logit_scale_max
         )
+        self._apply_tuning()
+
+    # ----------------------------------------------------------------- tuning
+    def _apply_tuning(self) -> None:
+        """Freeze the trunk or add LoRA adapters to it when ``config.tuning`` says so.
+
+        Plugins whose config has no ``tuning`` field (not a
+        :class:`~anchorbind.tuning.TunableConfig`) train their whole trunk. A plugin that sets
+        its trunk's tuning up itself (in :meth:`build_trunk`) overrides this with a no-op.
+        """
+        tuning = getattr(self.config, "tuning", "full")
+        if tuning == "frozen":
+            freeze(self.trunk)
+        elif tuning == "lora":
+            self.trunk = add_lora_adapters(self.trunk, self.config, where=f"anchorbind.modalities.{self.name}",
+                                           what=self.trunk_description())
+
+    def trunk_description(self) -> str:
+        """How error messages name this plugin's trunk (e.g. with the backbone it was loaded from)."""
+        return "the trunk"
+
+    def train(self, mode: bool = True) -> ModalityPlugin:
+        """Like ``nn.Module.train``, but a frozen trunk stays in eval mode (its dropout and drop path off)."""
+        super().train(mode)
+        if getattr(self.config, "tuning", "full") == "frozen":
+            self.trunk.eval()
+        return self
+
+    def trunk_rebuilt_from_config(self) -> bool:
+        """Whether building the plugin from its config alone restores its trunk's frozen weights.
+
+        True for a trunk loaded from pretrained weights named in the config (the text plugin's
+        backbone): saving the model then stores only what trains. False (the default) for a
+        trunk initialised at random, whose every weight is saved, frozen or not.
+        """
+        return False
+
+    def persistent_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a saved model stores of this plugin: everything except frozen trunk weights that
+        :meth:`trunk_rebuilt_from_config` says the config restores."""
+        state = self.state_dict()
+        if not self.trunk_rebuilt_from_config():
+            return state
+        frozen = {f"trunk.{name}" for name, param in self.trunk.named_parameters() if not param.requires_grad}
+        return {key: value for key, value in state.items() if key not in frozen}
 
     # ----------------------------------------------------------------- to implement
     @abstractmethod
@@ -202,9 +259,14 @@ class ModalityPlugin(nn.Module, ABC):
         One mapping per set of weights: ``{"component": ..., "weights": ..., "source": ...,
         "license": ..., "note": ...}`` (``license`` a Hub licence id such as ``"apache-2.0"``;
         :func:`anchorbind.licenses.package_license` reads it from an installed package). The
-        default, ``[]``, means the plugin is trained from scratch.
+        default is ``config.pretrained`` when an importer set it, else ``[]`` (trained from scratch).
         """
-        return []
+        origin = self.config.pretrained
+        if not origin:
+            return []
+        return [{"component": f"{self.name} plugin", "weights": origin.get("weights", ""),
+                 "source": origin.get("source", ""), "license": origin.get("license", ""),
+                 "note": origin.get("note", "")}]
 
     def input_description(self) -> str:
         """What :meth:`load` accepts, for docs and ``anchorbind modalities`` (the processor's)."""

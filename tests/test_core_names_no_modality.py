@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[1] / "bind"
-BUILT_IN = ("text", "audio", "depth")
+BUILT_IN = ("text", "audio", "depth", "thermal", "imu")
 WORD = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(BUILT_IN) + r")(?![A-Za-z0-9_])", re.IGNORECASE)
 
 

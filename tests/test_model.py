@@ -72,10 +72,10 @@ def test_save_and_restore_is_bit_identical_and_stores_only_trainable_weights(mod
 
 
 def test_unknown_modality_and_config_errors(model):
-    with pytest.raises(UnknownModalityError, match="thermal"):
-        model.embed({"thermal": ["x.npy"]})
+    with pytest.raises(UnknownModalityError, match="lidar"):
+        model.embed({"lidar": ["x.npy"]})
     with pytest.raises(UnknownModalityError, match="registered"):
-        BindModel.from_config({"modalities": {"thermal": {}}})
+        BindModel.from_config({"modalities": {"lidar": {}}})
     with pytest.raises(ConfigError, match="widht"):
         BindModel.from_config({"modalities": {"audio": {"widht": 3}}})
     with pytest.raises(ConfigError, match="anchr"):

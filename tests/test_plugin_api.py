@@ -2,8 +2,10 @@
 
 ``examples/anchorbind-imu`` is installed with pip into a temporary target directory (offline: no
 index, no build isolation) and exercised in fresh interpreters whose ``PYTHONPATH`` holds that
-directory, so the ``imu`` modality can only come from the entry point of the installed
-distribution. The ``check_*`` functions run inside those interpreters.
+directory, so the ``imu_conv`` modality can only come from the entry point of the installed
+distribution. The ``check_*`` functions run inside those interpreters. (The example's modality is
+``imu_conv``, not ``imu``: that name belongs to AnchorBind's built-in IMU plugin, which these tests
+neither need nor exclude.)
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def imu_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (dist_info,) = target.glob("anchorbind_imu-*.dist-info")
     entry_points = (dist_info / "entry_points.txt").read_text()
-    assert "[anchorbind.modalities]" in entry_points and "imu = anchorbind_imu:ImuPlugin" in entry_points
+    assert "[anchorbind.modalities]" in entry_points and "imu_conv = anchorbind_imu:ImuPlugin" in entry_points
     return target
 
 
@@ -96,22 +98,22 @@ def check_discovery(site: str) -> None:
 
     from anchorbind.registry import get_plugin_class, list_modalities
 
-    assert "imu" in list_modalities(), list_modalities()
-    assert get_plugin_class("imu") is anchorbind_imu.ImuPlugin
+    assert "imu_conv" in list_modalities(), list_modalities()
+    assert get_plugin_class("imu_conv") is anchorbind_imu.ImuPlugin
     assert Path(anchorbind_imu.__file__).resolve().is_relative_to(Path(site).resolve())
 
 
 def check_not_registered() -> None:
     from anchorbind.registry import list_modalities
 
-    assert "imu" not in list_modalities(), "imu is registered without the example being installed"
+    assert "imu_conv" not in list_modalities(), "imu_conv is registered without the example being installed"
 
 
 def check_embedding(tmp: str) -> None:
     from anchorbind.errors import InputError
     from anchorbind.registry import create_plugin
 
-    plugin = create_plugin("imu", {"num_samples": 128}, embed_dim=EMBED_DIM).eval()
+    plugin = create_plugin("imu_conv", {"num_samples": 128}, embed_dim=EMBED_DIM).eval()
     paths = write_recordings(Path(tmp) / "embed")
     with torch.no_grad():
         embeddings = plugin(plugin.load_batch(paths))
@@ -132,24 +134,24 @@ def check_bind_model(tmp: str) -> None:
 
     from anchorbind.model import BindModel
 
-    model = BindModel.from_config({"anchor": {"weights": "none"}, "modalities": {"imu": {}}}).eval()
+    model = BindModel.from_config({"anchor": {"weights": "none"}, "modalities": {"imu_conv": {}}}).eval()
     recordings = write_recordings(Path(tmp) / "model")
     image = Path(tmp) / "image.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
     with torch.no_grad():
-        emb = model.embed({"imu": recordings, "image": [image]})
-    assert emb["imu"].shape == (3, model.embed_dim) and emb["image"].shape == (1, model.embed_dim)
+        emb = model.embed({"imu_conv": recordings, "image": [image]})
+    assert emb["imu_conv"].shape == (3, model.embed_dim) and emb["image"].shape == (1, model.embed_dim)
     saved = model.save_pretrained(Path(tmp) / "saved")
     with torch.no_grad():
-        again = type(model).from_pretrained(saved).eval().embed({"imu": recordings})
-    torch.testing.assert_close(again["imu"], emb["imu"])
+        again = type(model).from_pretrained(saved).eval().embed({"imu_conv": recordings})
+    torch.testing.assert_close(again["imu_conv"], emb["imu_conv"])
 
 
 def check_one_training_step(tmp: str) -> None:
     from anchorbind.registry import create_plugin
 
     torch.manual_seed(0)
-    plugin = create_plugin("imu", embed_dim=EMBED_DIM)
+    plugin = create_plugin("imu_conv", embed_dim=EMBED_DIM)
     batch = plugin.load_batch(write_recordings(Path(tmp) / "train"), train=True)
     targets = F.normalize(torch.randn(3, EMBED_DIM), dim=-1)
     loss, changed = one_infonce_step(plugin, batch, targets)
@@ -161,7 +163,7 @@ def check_one_training_step(tmp: str) -> None:
 
 # ---------------------------------------------------------------- the tests
 def test_plugin_is_discovered_through_its_entry_point(imu_site):
-    if importlib.util.find_spec("anchorbind_imu") is None:  # control: without the install there is no imu
+    if importlib.util.find_spec("anchorbind_imu") is None:  # control: without the install there is no imu_conv
         run_with_plugin(imu_site.parent / "empty", "check_not_registered", cwd=imu_site.parent)
     run_with_plugin(imu_site, "check_discovery", str(imu_site))
 
@@ -183,7 +185,7 @@ def test_gradients_flow_through_the_installed_plugin(imu_site, tmp_path):
 def test_installed_plugin_passes_the_contract_suite(imu_site):
     env = subprocess_env(imu_site)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "imu",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "imu_conv",
          str(REPO / "tests" / "test_plugin_contract.py")],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
     )
@@ -192,17 +194,18 @@ def test_installed_plugin_passes_the_contract_suite(imu_site):
 
 
 def test_check_plugin_command_passes_the_installed_plugin(imu_site, tmp_path):
-    """``anchorbind check-plugin imu``: the shipped contract kit, run against the entry point."""
-    done = subprocess.run([sys.executable, "-m", "anchorbind", "check-plugin", "imu"], env=subprocess_env(imu_site),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    """``anchorbind check-plugin imu_conv``: the shipped contract kit, run against the entry point."""
+    done = subprocess.run([sys.executable, "-m", "anchorbind", "check-plugin", "imu_conv"],
+                          env=subprocess_env(imu_site), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith(("PASS ", "FAIL "))]
     assert len(lines) >= 10 and all(line.startswith("PASS ") for line in lines), done.stdout
-    assert "imu: all" in done.stdout.splitlines()[-1], done.stdout
+    assert "imu_conv: all" in done.stdout.splitlines()[-1], done.stdout
 
 
 def test_example_package_runs_the_contract_kit_in_its_own_tests(imu_site, tmp_path):
-    """The example's ``tests/test_contract.py`` (``assert_plugin_contract("imu")``), run by pytest like its author."""
+    """The example's ``tests/test_contract.py`` (``assert_plugin_contract("imu_conv")``), run by pytest as its
+    author would."""
     tests = imu_site.parent / "src" / "tests" / "test_contract.py"  # the fixture's copy of the example
     assert tests.is_file(), f"{EXAMPLE / 'tests' / 'test_contract.py'} is missing"
     # cwd outside the copy, so `anchorbind_imu` can only come from the installed site
@@ -233,7 +236,7 @@ def test_anchorbind_train_trains_the_installed_plugin(imu_site, tmp_path):
             writer.write({"__key__": f"s{i:04d}", "png": image.getvalue(), "imu.npy": recording.getvalue()})
     config = {
         "output_dir": str(tmp_path / "run"), "steps": 2, "log_every": 1, "checkpoint_every": 2,
-        "model": {"anchor": {"weights": "packaged", "image_size": 64}, "modalities": {"imu": {}}},
+        "model": {"anchor": {"weights": "packaged", "image_size": 64}, "modalities": {"imu_conv": {}}},
         "data": {"train_shards": str(shards), "batch_size": 8, "num_workers": 0, "anchor": "live"},
     }
     (tmp_path / "imu.yaml").write_text(yaml.safe_dump(config))
@@ -242,5 +245,5 @@ def test_anchorbind_train_trains_the_installed_plugin(imu_site, tmp_path):
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     log = (tmp_path / "run" / "train_log.csv").read_text()
-    assert "contrastive/imu" in log.splitlines()[0]
+    assert "contrastive/imu_conv" in log.splitlines()[0]
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

@@ -35,7 +35,7 @@ def _imu_class() -> type[ModalityPlugin]:
     return module.ImuPlugin
 
 
-PLUGIN_CLASSES = {"text": TextPlugin, "audio": AudioPlugin, "depth": DepthPlugin, "imu": _imu_class()}
+PLUGIN_CLASSES = {"text": TextPlugin, "audio": AudioPlugin, "depth": DepthPlugin, "imu_conv": _imu_class()}
 
 
 def _loader(cls: type[ModalityPlugin]) -> Any:

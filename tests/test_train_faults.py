@@ -256,7 +256,7 @@ def test_two_processes_quiet_secondary_rank_no_unused_parameters_and_resume(tmp_
 
     # the depth plugin saw no sample: it is left exactly as initialised (no decay, no momentum)
     set_seed(0)
-    initial = BindModel.from_config(load_train_config(config).model).trainable_state_dict()
+    initial = BindModel.from_config(load_train_config(config).model).persistent_state_dict()
     final = load_file(str(run / "model" / "model.safetensors"))
     depth = [k for k in initial if k.startswith("plugins.depth.")]
     assert depth and all(torch.equal(initial[k], final[k]) for k in depth)

@@ -113,7 +113,7 @@ def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike[str], *, m
         saved = load_file(str(weights), device=str(model.device))
     except (OSError, SafetensorError) as err:
         raise ModelFileError(f"{weights}: cannot restore the checkpoint's model ({err})") from err
-    expected = model.trainable_state_dict()
+    expected = model.persistent_state_dict()
     missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
     wrong = sorted(k for k in expected.keys() & saved.keys() if saved[k].shape != expected[k].shape)
     if missing or unexpected or wrong:

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 
 from anchorbind.errors import ConfigError
 from anchorbind.modalities.audio.features import FRAME_LENGTH_MS
-from anchorbind.plugin import PluginConfig
-from anchorbind.trunks import VIT_POOLINGS
+from anchorbind.trunks import ViTPluginConfig, vit_problems
 
 __all__ = ["AudioConfig"]
 
 
 @dataclass
-class AudioConfig(PluginConfig):
+class AudioConfig(ViTPluginConfig):
     """Audio plugin settings. The feature defaults are ImageBind's, so its features are reproduced exactly.
 
     Features (``imagebind/data.py``):
@@ -72,14 +71,6 @@ class AudioConfig(PluginConfig):
     max_duration: float | None = 600.0
     max_amplitude: float | None = 100.0
 
-    patch_size: int = 16
-    width: int = 128
-    depth: int = 2
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.0
-    global_pool: str = "avg"
-
     native_temperature: float = 0.1
     native_proj_dim: int = 64
     native_freq_mask: int = 24
@@ -97,9 +88,7 @@ class AudioConfig(PluginConfig):
             "sample_rate": self.sample_rate, "num_mel_bins": self.num_mel_bins,
             "target_length": self.target_length, "clip_duration": self.clip_duration,
             "clips_per_sample": self.clips_per_sample, "train_clips_per_sample": self.train_clips_per_sample,
-            "std": self.std, "patch_size": self.patch_size, "width": self.width, "depth": self.depth,
-            "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio,
-            "native_temperature": self.native_temperature, "native_proj_dim": self.native_proj_dim,
+            "std": self.std, "native_temperature": self.native_temperature, "native_proj_dim": self.native_proj_dim,
         }
         for key, value in positive.items():
             if not value > 0:
@@ -110,12 +99,7 @@ class AudioConfig(PluginConfig):
             yield f"max_duration must be at least min_duration ({self.min_duration} s) or null, got {self.max_duration}"
         if self.max_amplitude is not None and not self.max_amplitude > 0:
             yield f"max_amplitude must be positive or null, got {self.max_amplitude}"
-        if self.width > 0 and self.num_heads > 0 and self.width % self.num_heads:
-            yield f"width {self.width} is not divisible by num_heads {self.num_heads}"
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            yield f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}"
-        if self.global_pool not in VIT_POOLINGS:
-            yield f"global_pool must be one of {VIT_POOLINGS}, got {self.global_pool!r}"
+        yield from vit_problems(self)
         for key in ("native_freq_mask", "native_time_mask", "native_max_shift", "native_gain_db"):
             if getattr(self, key) < 0:
                 yield f"{key} must not be negative, got {getattr(self, key)}"

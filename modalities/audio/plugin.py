@@ -15,7 +15,7 @@ from anchorbind.modalities.audio.augment import SpectrogramAugment
 from anchorbind.modalities.audio.config import AudioConfig
 from anchorbind.modalities.audio.processor import AudioProcessor
 from anchorbind.plugin import ModalityPlugin
-from anchorbind.trunks import one_channel_vit
+from anchorbind.trunks import build_vit
 
 __all__ = ["AudioPlugin"]
 
@@ -97,12 +97,20 @@ class AudioPlugin(ModalityPlugin):
 
     # ------------------------------------------------------------------ trunk
     def build_trunk(self) -> tuple[nn.Module, int]:
-        """A headless 1-channel timm ViT whose input is the spectrogram padded to whole patches."""
+        """A headless 1-channel timm ViT on the spectrogram.
+
+        Without ``patch_stride`` the spectrogram is zero-padded to whole patches (128 x 204 with
+        16-pixel patches -> 128 x 208, 8 x 13 patches); with it (ImageBind: patch 16, stride 10)
+        patches overlap and nothing is padded (12 x 19 patches; the last frames that do not fill
+        a patch are not read).
+        """
         cfg = self.config
         self.input_size = (cfg.num_mel_bins, cfg.target_length)
-        # 128 x 204 with 16-pixel patches -> 128 x 208 (8 x 13 patches); the padding is zeros.
-        self.padded_size = tuple(math.ceil(n / cfg.patch_size) * cfg.patch_size for n in self.input_size)
-        trunk = one_channel_vit(self.padded_size, cfg)
+        if cfg.patch_stride is None:
+            self.padded_size = tuple(math.ceil(n / cfg.patch_size) * cfg.patch_size for n in self.input_size)
+        else:
+            self.padded_size = self.input_size
+        trunk = build_vit(self.padded_size, cfg)
         return trunk, cfg.width
 
     # ------------------------------------------------------------------ model

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from anchorbind.errors import ConfigError
-from anchorbind.plugin import PluginConfig
-from anchorbind.trunks import VIT_POOLINGS
+from anchorbind.trunks import ViTPluginConfig, vit_problems
 
 __all__ = ["NORMALIZATIONS", "DepthConfig"]
 
@@ -15,7 +14,7 @@ NORMALIZATIONS = ("per_image", "fixed")
 
 
 @dataclass
-class DepthConfig(PluginConfig):
+class DepthConfig(ViTPluginConfig):
     """Settings of the depth plugin. Every distance is in metres.
 
     Reading:
@@ -92,13 +91,6 @@ class DepthConfig(PluginConfig):
     train_hflip_prob: float = 0.5
 
     image_size: int = 112
-    patch_size: int = 16
-    width: int = 128
-    depth: int = 2
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.0
-    global_pool: str = "avg"
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -130,11 +122,8 @@ class DepthConfig(PluginConfig):
             yield f"train_crop_scale must satisfy 0 < low <= high <= 1, got {self.train_crop_scale}"
         if not 0.0 <= self.train_hflip_prob <= 1.0:
             yield f"train_hflip_prob must be in [0, 1], got {self.train_hflip_prob}"
-        if self.global_pool not in VIT_POOLINGS:
-            yield f"global_pool must be one of {VIT_POOLINGS}, got {self.global_pool!r}"
-        if min(self.image_size, self.patch_size, self.width, self.depth, self.num_heads) <= 0:
-            yield "image_size, patch_size, width, depth and num_heads must be positive"
-        elif self.image_size % self.patch_size:
+        yield from vit_problems(self)
+        if self.image_size <= 0:
+            yield f"image_size must be positive, got {self.image_size}"
+        elif self.patch_size > 0 and self.patch_stride is None and self.image_size % self.patch_size:
             yield f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-        elif self.width % self.num_heads:
-            yield f"width {self.width} is not divisible by num_heads {self.num_heads}"

@@ -13,7 +13,7 @@ from anchorbind.modalities.depth.config import DepthConfig
 from anchorbind.modalities.depth.processor import DepthInputStats, DepthProcessor
 from anchorbind.modalities.depth.reading import DepthReading
 from anchorbind.plugin import InputSource, ModalityPlugin
-from anchorbind.trunks import one_channel_vit
+from anchorbind.trunks import build_vit
 
 __all__ = ["DepthInputStats", "DepthPlugin"]
 
@@ -67,7 +67,7 @@ class DepthPlugin(ModalityPlugin):
     def build_trunk(self) -> tuple[nn.Module, int]:
         """A 1-channel timm ViT, headless (``num_classes=0``), pooled as ``config.global_pool`` says."""
         cfg = self.config
-        trunk = one_channel_vit(cfg.image_size, cfg)
+        trunk = build_vit(cfg.image_size, cfg)
         return trunk, trunk.num_features
 
     # ------------------------------------------------------------------ inputs: the processor's

@@ -122,11 +122,18 @@ def load_model(name: str) -> PreTrainedModel:
         ConfigError: naming the backbone, when it cannot be found or loaded, or is an
             encoder-decoder model.
     """
+    from transformers.utils import logging as hf_logging
+
     source, is_local, offline = _locate(name)
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per plugin build is noise in every command
     try:
         model = AutoModel.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError, KeyError) as err:
         raise _load_error(name, is_local, offline, err) from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     if getattr(model.config, "is_encoder_decoder", False):
         raise ConfigError(
             f"anchorbind.modalities.text.backbone {name!r} is an encoder-decoder model ({type(model).__name__}); "

@@ -6,15 +6,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from anchorbind.errors import ConfigError
-from anchorbind.plugin import PluginConfig
+from anchorbind.tuning import TUNING_MODES, TunableConfig, tuning_problems
 
-__all__ = ["TUNING_MODES", "TextConfig"]
+__all__ = ["POOLINGS", "TOKENIZERS", "TUNING_MODES", "TextConfig"]
 
-TUNING_MODES = ("frozen", "full", "lora")
+TOKENIZERS = ("backbone", "clip")
+POOLINGS = ("mean", "eos")
 
 
 @dataclass
-class TextConfig(PluginConfig):
+class TextConfig(TunableConfig):
     """Text plugin settings. Logit scale: learnable from 1/0.07, as ImageBind's text encoder.
 
     Attributes:
@@ -36,17 +37,24 @@ class TextConfig(PluginConfig):
         lora_alpha: LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``).
         lora_dropout: dropout on the LoRA branch's input.
         lora_target_modules: names of the linear layers that get adapters; the default fits
-            BERT-style models (MiniLM, BERT, RoBERTa); MPNet uses ``["q", "v"]``.
+            BERT-style models (MiniLM, BERT, RoBERTa); MPNet uses ``["q", "v"]``, CLIP text
+            towers ``["q_proj", "v_proj"]``.
+        tokenizer: ``"backbone"`` (the tokenizer saved with the backbone) or ``"clip"``
+            (OpenAI CLIP's BPE from the ``open_clip_torch`` package, offline: ftfy and HTML
+            clean-up, lower case, ``<start>`` + tokens + ``<end>``, zero-padded to exactly
+            ``max_length`` tokens; ImageBind's and OpenCLIP's text towers read text this way).
+        pooling: ``"mean"`` (attention-masked mean of the last hidden states, the
+            sentence-transformers recipe) or ``"eos"`` (the backbone's own pooled output: the
+            end-of-text token's state after the final norm, for CLIP-style causal towers).
     """
 
     backbone: str = "packaged"
     max_length: int = 64
     max_bytes: int | None = 65536
     tuning: str = "frozen"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    tokenizer: str = "backbone"
+    pooling: str = "mean"
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -56,18 +64,12 @@ class TextConfig(PluginConfig):
     def _problems(self) -> Iterator[str]:
         if not self.backbone.strip():
             yield "backbone must not be empty"
-        if self.tuning not in TUNING_MODES:
-            yield f"tuning must be one of {TUNING_MODES}, got {self.tuning!r}"
         if self.max_length < 2:
             yield f"max_length must be at least 2 (room for the special tokens), got {self.max_length}"
         if self.max_bytes is not None and self.max_bytes <= 0:
             yield f"max_bytes must be positive or null, got {self.max_bytes}"
-        if self.tuning == "lora":
-            if self.lora_r <= 0:
-                yield f"lora_r must be positive, got {self.lora_r}"
-            if self.lora_alpha <= 0:
-                yield f"lora_alpha must be positive, got {self.lora_alpha}"
-            if not 0.0 <= self.lora_dropout < 1.0:
-                yield f"lora_dropout must be in [0, 1), got {self.lora_dropout}"
-            if not self.lora_target_modules:
-                yield "lora_target_modules must name at least one module"
+        if self.tokenizer not in TOKENIZERS:
+            yield f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}"
+        if self.pooling not in POOLINGS:
+            yield f"pooling must be one of {POOLINGS}, got {self.pooling!r}"
+        yield from tuning_problems(self)

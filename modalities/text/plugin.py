@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 from anchorbind.errors import ConfigError
 from anchorbind.modalities.text.backbone import backbone_license, load_model
@@ -56,6 +55,7 @@ class TextPlugin(ModalityPlugin):
     Config = TextConfig
     Processor = TextProcessor
     sample_keys = ("txt", "text", "caption")
+    path_fields = ("backbone",)
     config: TextConfig
 
     @classmethod
@@ -68,12 +68,19 @@ class TextPlugin(ModalityPlugin):
         """Empty and whitespace-only text, bytes that are not UTF-8, and a type that is no text."""
         return ["", "  \n\t ", b"", b"\xff\xfe\xfd", 42, object()]
 
+    def trunk_rebuilt_from_config(self) -> bool:
+        """True: the backbone is loaded from ``config.backbone``, so its frozen weights are not saved."""
+        return True
+
+    def trunk_description(self) -> str:
+        return f"backbone {self.config.backbone!r}"
+
     def pretrained_weights(self) -> list[dict[str, str]]:
         """The backbone's weights and licence (see :func:`anchorbind.modalities.text.backbone.backbone_license`)."""
-        return [backbone_license(self.config.backbone)]
+        return [backbone_license(self.config.backbone), *super().pretrained_weights()]
 
     @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
+    def tokenizer(self) -> Any:
         """The processor's tokenizer."""
         return self.processor.tokenizer
 
@@ -94,45 +101,17 @@ class TextPlugin(ModalityPlugin):
                 f"anchorbind.modalities.text.max_length={cfg.max_length} exceeds the {positions} positions of "
                 f"backbone {cfg.backbone!r}"
             )
-        if cfg.tuning == "frozen":
-            backbone.requires_grad_(False)
-            backbone.eval()
-        elif cfg.tuning == "lora":
-            backbone = self._add_lora(backbone)
         return backbone, width
 
-    def _add_lora(self, backbone: nn.Module) -> nn.Module:
-        """Wrap the backbone with peft LoRA adapters; peft freezes every non-adapter weight."""
-        from peft import LoraConfig, get_peft_model
-
-        cfg = self.config
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_target_modules),
-            bias="none",
-        )
-        try:
-            with warnings.catch_warnings():
-                # peft asks transformers a deprecated question; harmless and not ours to fix
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                return get_peft_model(backbone, lora)
-        except ValueError as err:
-            raise ConfigError(
-                f"anchorbind.modalities.text.lora_target_modules={cfg.lora_target_modules} do not fit backbone "
-                f"{cfg.backbone!r}: {err}"
-            ) from None
-
-    def train(self, mode: bool = True) -> TextPlugin:
-        """Like ``nn.Module.train`` but a frozen backbone stays in eval mode (dropout off)."""
-        super().train(mode)
-        if self.config.tuning == "frozen":
-            self.trunk.eval()
-        return self
-
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean-pooled last hidden states ``(B, hidden_size)``; no autograd through a frozen backbone."""
+        """Pooled features ``(B, hidden_size)``: the masked mean of the last hidden states, or
+        the backbone's pooled end-of-text state (``pooling="eos"``); no autograd through a
+        frozen backbone."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.tuning != "frozen"):
-            hidden = self.trunk(**batch).last_hidden_state
-        return mean_pool(hidden, batch["attention_mask"])
+            output = self.trunk(**batch)
+        if self.config.pooling == "eos":
+            if getattr(output, "pooler_output", None) is None:
+                raise ConfigError(f"anchorbind.modalities.text.pooling='eos': backbone {self.config.backbone!r} "
+                                  f"({type(self.trunk).__name__}) gives no pooled end-of-text state; use 'mean'")
+            return output.pooler_output
+        return mean_pool(output.last_hidden_state, batch["attention_mask"])

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from anchorbind.errors import InputError
 from anchorbind.modalities.text.backbone import load_tokenizer
@@ -22,7 +21,9 @@ class TextProcessor(Processor):
     """Text: a string (the text itself), UTF-8 bytes (e.g. a ``.txt`` shard member) or a ``Path`` to a text file.
 
     :meth:`load` returns the stripped text; :meth:`collate` tokenizes a batch with the
-    backbone's tokenizer (padded to the longest text, truncated to ``max_length``).
+    backbone's tokenizer (padded to the longest text, truncated to ``max_length``), or with
+    ``tokenizer="clip"`` CLIP's BPE (every text exactly ``max_length`` token ids, zero-padded,
+    the end token kept when a text is cut; no attention mask, as causal CLIP towers read it).
 
     The tokenizer is loaded from ``config.backbone`` on first use, never the model, and is left
     out of the pickled state: a pickled processor is a few KB (the config), and each DataLoader
@@ -33,17 +34,22 @@ class TextProcessor(Processor):
 
     def __init__(self, config: TextConfig, *, modality: str, sample_keys: tuple[str, ...]) -> None:
         super().__init__(config, modality=modality, sample_keys=sample_keys)
-        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._tokenizer: Any = None
 
     @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        """The backbone's tokenizer, loaded on first access.
+    def tokenizer(self) -> Any:
+        """The backbone's tokenizer (or CLIP's BPE tokenizer), loaded on first access.
 
         Raises:
             ConfigError: the backbone's tokenizer cannot be found or loaded.
         """
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.config.backbone)
+            if self.config.tokenizer == "clip":
+                from open_clip.tokenizer import SimpleTokenizer
+
+                self._tokenizer = SimpleTokenizer(context_length=self.config.max_length)
+            else:
+                self._tokenizer = load_tokenizer(self.config.backbone)
         return self._tokenizer
 
     def __getstate__(self) -> dict[str, Any]:
@@ -102,7 +108,10 @@ class TextProcessor(Processor):
                                      "not a document, is expected)", self.modality)
 
     def collate(self, samples: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenize a batch: padded to its longest text, truncated to ``max_length`` tokens."""
+        """Tokenize a batch: padded to its longest text, truncated to ``max_length`` tokens
+        (CLIP's BPE: ``{"input_ids": (B, max_length)}``)."""
+        if self.config.tokenizer == "clip":
+            return {"input_ids": self.tokenizer(list(samples), context_length=self.config.max_length)}
         encoded = self.tokenizer(
             list(samples), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
         )

@@ -31,7 +31,9 @@ from anchorbind.processor import InputSource, Processor, read_bytes
 
 __all__ = ["CHANNELS", "ImuConfig", "ImuPlugin", "ImuProcessor"]
 
-NAME = "imu"
+NAME = "imu_conv"
+"""Registry name (also the key of its embeddings, losses and config section). Not ``imu``: that is
+AnchorBind's built-in IMU plugin, so both can be installed together."""
 CHANNELS = 6
 """Accelerometer x, y, z (m/s²) then gyroscope x, y, z (rad/s), as in Ego4D's IMU streams."""
 NPY_MAGIC = b"\x93NUMPY"
@@ -69,13 +71,13 @@ class ImuConfig(PluginConfig):
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.width < 1 or self.depth < 1:
-            raise ConfigError("anchorbind.modalities.imu: num_samples, width and depth must be positive")
+            raise ConfigError("anchorbind.modalities.imu_conv: num_samples, width and depth must be positive")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ConfigError(
-                f"anchorbind.modalities.imu: kernel_size must be odd and positive, got {self.kernel_size}"
+                f"anchorbind.modalities.imu_conv: kernel_size must be odd and positive, got {self.kernel_size}"
             )
         if self.accel_scale <= 0 or self.gyro_scale <= 0:
-            raise ConfigError("anchorbind.modalities.imu: accel_scale and gyro_scale must be positive")
+            raise ConfigError("anchorbind.modalities.imu_conv: accel_scale and gyro_scale must be positive")
 
 
 class ImuProcessor(Processor):
