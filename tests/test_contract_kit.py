@@ -91,12 +91,25 @@ class ToyPlugin(ModalityPlugin):
 
 
 class RandomFrozenPlugin(ToyPlugin):
-    """A frozen trunk with a random initialisation: BindModel does not save it, so it cannot reload."""
+    """A frozen trunk with a random initialisation that claims its config restores it: BindModel
+    then does not save it, so it cannot reload."""
 
     name = "randomfrozen"
 
     def build_trunk(self):
         return nn.Sequential(nn.Linear(4, self.config.width), nn.GELU()).requires_grad_(False), self.config.width
+
+    def trunk_rebuilt_from_config(self) -> bool:
+        return True  # wrong: nothing in the config restores a random initialisation
+
+
+class SavedFrozenPlugin(RandomFrozenPlugin):
+    """The same frozen random trunk, honestly declared: BindModel saves it, so it reloads."""
+
+    name = "savedfrozen"
+
+    def trunk_rebuilt_from_config(self) -> bool:
+        return False
 
 
 class UnnormedPlugin(ToyPlugin):
@@ -222,7 +235,7 @@ def check_lines(stdout: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the command line
-@pytest.mark.parametrize("name", ["text", "audio", "depth"])
+@pytest.mark.parametrize("name", ["text", "audio", "depth", "thermal", "imu"])
 def test_check_plugin_passes_for_the_builtin_plugins(name, tmp_path):
     done = check_plugin_command(name, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -342,6 +355,8 @@ def test_a_frozen_trunk_that_is_not_rebuilt_identically_fails_the_bind_model_rou
     assert results["gradients"].passed and "trunk frozen by config" in results["gradients"].detail
     assert results["save_load"].passed  # the plugin's own state dict holds the trunk
     assert not results["bind_model"].passed and "plugins.randomfrozen.trunk.0" in results["bind_model"].detail
+    saved = {r.name: r for r in check_plugin(toy.register(toy.SavedFrozenPlugin))}
+    assert saved["bind_model"].passed, saved["bind_model"].detail  # not declared rebuilt: stored, so it reloads
 
 
 def test_a_crashing_check_is_a_failure_not_a_crash(toy, monkeypatch):

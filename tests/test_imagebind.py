@@ -178,3 +178,33 @@ def test_lora_finetuning_of_an_imported_model_trains_two_steps_and_saves(tmp_pat
     inputs = fixed_inputs(fixture["seed"])
     with torch.inference_mode():
         torch.testing.assert_close(model.encode("image", inputs["vision"]), base.encode("image", inputs["vision"]))
+
+
+def test_packaged_lora_config_builds_on_an_imported_model(imported):
+    import yaml
+
+    from anchorbind.config import packaged_config
+
+    model_section = yaml.safe_load(packaged_config("imagebind_lora").read_text())["model"]
+    model_section["init_from"] = str(imported)
+    model = BindModel.from_config(model_section)
+    assert set(model.modalities) == {"image", "text", "audio", "depth"}
+    for name in ("audio", "depth"):
+        trainable = [n for n, p in model.plugin(name).trunk.named_parameters() if p.requires_grad]
+        assert trainable and all("lora_" in n for n in trainable)
+        assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == {"qkv", "proj", "fc1", "fc2"}
+    assert not any(p.requires_grad for p in model.plugin("text").trunk.parameters())
+
+
+@pytest.mark.slow
+def test_eval_runs_anchorbinds_analyses_on_an_imported_model(tmp_path, imported, world_dir):
+    run = tmp_path / "ib-eval"
+    done = anchorbind("eval", str(run), "--model", str(imported), "--shards", str(world_dir / "test"),
+                      "--max-samples", "0", "--num-workers", "0", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["retrieval"]["text->audio"]["kind"] == "emergent"  # never trained on each other: through the anchor
+    assert {"audio", "depth"} <= set(metrics["visiocentrism"]["probes"])
+    assert any("thermal" in note for note in metrics["notes"])  # in the model, not in these shards: said, not hidden
+    assert (run / "model" / "deps" / "anchor.safetensors").stat().st_ino == (
+        imported / "deps" / "anchor.safetensors").stat().st_ino  # the 2.5 GB anchor is linked, not copied

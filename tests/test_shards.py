@@ -80,7 +80,8 @@ def test_file_naming_rules():
     assert classify_file("0001.png", keys) == ("0001", "image", "png")
     assert classify_file("0001_depth.png", keys) == ("0001", "depth", "depth.png")
     assert classify_file("0001.depth.png", keys) == ("0001", "depth", "depth.png")
-    assert classify_file("0001.npy", keys) == ("0001", "depth", "depth.npy")
+    assert classify_file("0001.npy", keys) == "ambiguous format (.npy could be ['depth', 'imu'])"  # say which
+    assert classify_file("0001.tif", keys) == ("0001", "thermal", "thermal.tif")  # the extension alone
     assert classify_file("0001_depth.npy", keys) == ("0001", "depth", "depth.npy")
     assert classify_file("0001.txt", keys) == ("0001", "text", "txt")
     assert classify_file("0001.wav", keys) == ("0001", "audio", "wav")
@@ -97,7 +98,7 @@ def _make_user_folder(root):
         (root / f"s{i}.txt").write_text(f"sample number {i}")
         sf.write(root / f"s{i}.flac", 0.2 * np.sin(np.arange(16000) / 5), 16000)
     np.save(root / "s0.depth.npy", np.full((20, 20), 1.5, dtype=np.float32))
-    np.save(root / "s1.npy", np.full((20, 20), 2.5, dtype=np.float32))
+    np.save(root / "s1_depth.npy", np.full((20, 20), 2.5, dtype=np.float32))
     Image.fromarray(np.full((20, 20), 3000, dtype=np.uint16)).save(root / "s2_depth.png")
     (root / "s3.jpg").write_bytes(b"definitely not a jpeg")             # unreadable image
     (root / "s3.txt").write_text("the image of this one is broken")
@@ -148,7 +149,7 @@ def test_manifest_conversion_and_cli_summary(tmp_path):
     _make_user_folder(tmp_path / "data")
     rows = [
         {"image": "data/s0.jpg", "text": "a caption written inline", "audio": "data/s0.flac", "label": "cat"},
-        {"depth": "data/s1.npy", "text": "data/s1.txt", "key": "custom"},
+        {"depth": "data/s1_depth.npy", "text": "data/s1.txt", "key": "custom"},
         {"image": "data/missing.png", "text": "a row whose image is missing"},
         {"audio": "data/s4.wav"},
         {"text": "data/missing.txt"},

@@ -323,8 +323,11 @@ def headline(metrics: dict[str, Any], *, text_queries: Sequence[str] | None = No
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchorbind eval", description=__doc__.split("\n\n")[0],
                                      epilog="metrics.json is documented in docs/metrics.md")
-    parser.add_argument("run_dir", type=Path, help="a training run's output_dir")
+    parser.add_argument("run_dir", type=Path, help="a training run's output_dir (with --model: where to write)")
     parser.add_argument("--shards", required=True, help="evaluation shards (directory, braces or URLs)")
+    parser.add_argument("--model", metavar="MODEL_DIR",
+                        help="evaluate a saved model that no run of this machine trained (an imported ImageBind, a "
+                             "Hub id): it is saved as RUN_DIR/model (large files hard-linked) and evaluated there")
     parser.add_argument("--baseline", action="append", default=[], metavar="RUN_DIR",
                         help="a run evaluated on the same shards, e.g. trained with direct pairs (repeatable)")
     parser.add_argument("--compare", action="append", default=[], metavar="RUN_DIR",
@@ -342,6 +345,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _adopt_model(model: str, run_dir: Path) -> None:
+    """Make ``run_dir`` a run holding ``model`` (a folder or Hub id) so that it evaluates like a trained one.
+
+    Raises:
+        ConfigError: ``run_dir`` already holds a different model.
+    """
+    target = run_dir / "model"
+    if target.exists():
+        if Path(model).is_dir() and (target.resolve() == Path(model).resolve()):
+            return
+        raise ConfigError(f"{run_dir}: already holds a model ({target}); evaluate it without --model, or choose "
+                          "another RUN_DIR")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    BindModel.from_pretrained(model).save_pretrained(target)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``anchorbind eval``; errors follow the CLI convention (:func:`anchorbind.errors.run_command`)."""
     args = build_parser().parse_args(argv)
@@ -349,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         num_workers=args.num_workers, checkpoint_samples=args.checkpoint_samples,
                         ignore_modalities=args.ignore_modality, label_attribute=args.label_attribute,
                         device=args.device)
+    if args.model:
+        _adopt_model(args.model, args.run_dir)
     metrics = evaluate_run(args.run_dir, args.shards, config)
     width = max((len(k) for k in metrics["headline"]), default=10)
     for key, value in metrics["headline"].items():

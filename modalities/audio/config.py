@@ -38,11 +38,13 @@ class AudioConfig(ViTPluginConfig):
             to 32768) and garbage such as 1e30, whose power spectrum overflows to inf and
             whose NaN embedding would otherwise stop training. Integer PCM is always in range.
 
-    Trunk (a 1-channel timm ``VisionTransformer`` over the ``1 x num_mel_bins x target_length``
-    spectrogram, zero-padded to whole patches; the defaults are tiny, for a CPU):
-        patch_size, width, depth, num_heads, mlp_ratio, drop_path_rate: ViT shape; ``width`` is
-            the trunk's width (the projection head maps it to the anchor's embedding width).
-        global_pool: ``"avg"`` (mean of the patch tokens) or ``"token"`` (the class token, as ImageBind).
+    Trunk: a 1-channel timm ``VisionTransformer`` over the ``1 x num_mel_bins x target_length``
+    spectrogram, with the fields of :class:`~anchorbind.trunks.ViTPluginConfig` (shape, pooling,
+    stem and attention options, ``tuning``; the defaults are tiny, for a CPU). Without
+    ``patch_stride`` the spectrogram is zero-padded to whole patches; ImageBind's audio branch is
+    ``patch_size`` 16, ``patch_stride`` 10 (12 x 19 patches, no padding), ``width`` 768, ``depth``
+    12, ``num_heads`` 12, ``stem_bias: false``, ``stem_norm: true``, ``attn_bias_kv: true``,
+    ``global_pool: token``, ``head_norm: false`` (``anchorbind import-imagebind`` sets them).
 
     Native objective (the visiocentrism mitigation, active when ``native_loss_weight > 0``):
     SimCLR-style InfoNCE between two augmented views of each clip, on trunk features.

@@ -59,7 +59,10 @@ class DepthConfig(ViTPluginConfig):
         train_hflip_prob: probability of a horizontal flip; the anchor's pooled embedding is
             close to flip-invariant (its ImageNet training used flips), so a flip keeps the pair.
 
-    Trunk (a 1-channel timm ``VisionTransformer``, ImageBind-style):
+    Trunk (a 1-channel timm ``VisionTransformer`` with the fields of
+    :class:`~anchorbind.trunks.ViTPluginConfig`; ImageBind's depth branch is ``image_size`` 224,
+    ``patch_size`` 16, ``width`` 384, ``depth`` 12, ``num_heads`` 8 with its stem and attention
+    options, and its input normalisation is ``anchorbind.pipelines.imagebind.DEPTH_PRESET``):
         image_size: side of the square input; any input size is resized to it.
         patch_size, width, depth, num_heads, mlp_ratio, drop_path_rate: ViT shape. ``depth`` is
             the number of transformer blocks (the defaults are tiny, for CPU).

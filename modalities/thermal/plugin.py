@@ -31,7 +31,7 @@ class ThermalPlugin(ModalityPlugin):
     perceives: ClassVar[tuple[str, ...]] = ("visual",)
     Config: ClassVar[type[ThermalConfig]] = ThermalConfig
     Processor: ClassVar[type[ThermalProcessor]] = ThermalProcessor
-    sample_keys: ClassVar[tuple[str, ...]] = ("thermal.png", "thermal.tif", "thermal.jpg", "thermal.npy")
+    sample_keys: ClassVar[tuple[str, ...]] = ("thermal.png", "thermal.tif", "thermal.tiff", "thermal.jpg")
     config: ThermalConfig
 
     @classmethod
