@@ -79,7 +79,8 @@ from anchorbind.pipelines.shards.writer import MANIFEST, PlanMismatchError, Shar
 if TYPE_CHECKING:
     from anchorbind.processor import Processor
 
-__all__ = ["ConversionReport", "classify_file", "convert_to_shards", "load_processors"]
+__all__ = ["ConversionReport", "SampleRow", "classify_file", "convert_to_shards", "load_processors", "member_keys",
+           "write_rows"]
 
 REPORT = "report.json"
 ANCHOR = "image"
@@ -192,7 +193,7 @@ def classify_file(name: str, keys: Mapping[str, tuple[str, ...]]) -> tuple[str, 
 
 # ---------------------------------------------------------------------------------------- rows
 @dataclass
-class _Row:
+class SampleRow:
     """One sample to validate: ``members[modality] = (source, member key, inline text or None)``."""
 
     key: str
@@ -207,8 +208,8 @@ def _reason(err: BaseException) -> str:
 
 
 def _folder_rows(root: Path, keys: Mapping[str, tuple[str, ...]], exclude: Path | None,
-                 report: ConversionReport) -> list[_Row]:
-    rows: dict[str, _Row] = {}
+                 report: ConversionReport) -> list[SampleRow]:
+    rows: dict[str, SampleRow] = {}
     claimed: dict[str, tuple[tuple[str, ...], Path]] = {}  # key -> (folders + stem, first file) that made it
     for path in sorted(root.rglob("*")):
         try:
@@ -229,7 +230,7 @@ def _folder_rows(root: Path, keys: Mapping[str, tuple[str, ...]], exclude: Path 
                 report.skip(path, key, modality, f"sample key {key!r} is already that of {str(first[1])!r} "
                             f"(another folder or stem): not merged")
                 continue
-            row = rows.setdefault(key, _Row(key, origin=str(path)))
+            row = rows.setdefault(key, SampleRow(key, origin=str(path)))
             previous = row.members.get(modality)
             if previous is not None:
                 keep_new = keys[modality].index(member) < keys[modality].index(previous[1])
@@ -343,7 +344,7 @@ def _text_is_path(value: str, path: Path, text_keys: tuple[str, ...]) -> bool:
 
 
 def _manifest_row(manifest: Path, index: int, line: int, record: Any, keys: Mapping[str, tuple[str, ...]],
-                  seen: dict[str, int], report: ConversionReport) -> _Row:
+                  seen: dict[str, int], report: ConversionReport) -> SampleRow:
     """The row of one manifest record; raises (anything) when the whole row cannot be used."""
     origin = f"{manifest}:{line}"
     if isinstance(record, BaseException):
@@ -364,7 +365,7 @@ def _manifest_row(manifest: Path, index: int, line: int, record: Any, keys: Mapp
             meta["key"] = given  # renamed: the original travels with the sample
     if key in seen:
         raise InputError(origin, f"duplicate key {key!r} (row at line {seen[key]} has it)")
-    row = _Row(key, meta=meta, origin=origin, line=line)
+    row = SampleRow(key, meta=meta, origin=origin, line=line)
     columns = dict(record)
     both = all(columns.get(c) not in (None, "") for c in (TEXT, TEXT_FILE))
     if both and TEXT in keys and TEXT_FILE not in keys:
@@ -396,7 +397,7 @@ def _manifest_row(manifest: Path, index: int, line: int, record: Any, keys: Mapp
     return row
 
 
-def _manifest_rows(manifest: Path, keys: Mapping[str, tuple[str, ...]], report: ConversionReport) -> list[_Row]:
+def _manifest_rows(manifest: Path, keys: Mapping[str, tuple[str, ...]], report: ConversionReport) -> list[SampleRow]:
     rows = []
     seen: dict[str, int] = {}
     for index, (line, record) in enumerate(_read_manifest(manifest)):
@@ -449,7 +450,7 @@ def _read_file(source: str, modality: str, max_bytes: int) -> bytes:
     return data
 
 
-def _validate(row: _Row, processors: Mapping[str, Any] | None = None,
+def _validate(row: SampleRow, processors: Mapping[str, Any] | None = None,
               max_bytes: int = MAX_FILE_BYTES) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Decode every member of ``row``; returns the sample to write and the problems found."""
     processors = processors if processors is not None else _WORKER_PROCESSORS
@@ -473,13 +474,13 @@ def _validate(row: _Row, processors: Mapping[str, Any] | None = None,
     return sample, problems
 
 
-def _validate_chunk(rows: list[_Row], max_bytes: int) -> list[tuple[dict[str, Any], list[dict[str, str]]]]:
+def _validate_chunk(rows: list[SampleRow], max_bytes: int) -> list[tuple[dict[str, Any], list[dict[str, str]]]]:
     return [_validate(row, None, max_bytes) for row in rows]
 
 
-def _validated(rows: list[_Row], processors: Mapping[str, Any] | None, names: Sequence[str],
+def _validated(rows: list[SampleRow], processors: Mapping[str, Any] | None, names: Sequence[str],
                workers: int, max_bytes: int = MAX_FILE_BYTES,
-               ) -> Iterator[tuple[_Row, dict[str, Any], list[dict[str, str]]]]:
+               ) -> Iterator[tuple[SampleRow, dict[str, Any], list[dict[str, str]]]]:
     # built once here and pickled to the workers: processors hold no model, a few KB each
     local = processors if processors is not None else load_processors(names)
     if workers <= 1:
@@ -590,25 +591,68 @@ def convert_to_shards(
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such folder or manifest")
+    keys = member_keys(processors)
+    report = ConversionReport(out_dir=str(out_dir))
+    if source.is_dir():
+        exclude = out_dir.resolve() if out_dir.resolve() != source.resolve() else None
+        rows = _folder_rows(source, keys, exclude, report)
+    else:
+        rows = _manifest_rows(source, keys, report)
+    return write_rows(rows, out_dir, report=report, source=str(source), shard_size=shard_size, workers=workers,
+                      prefix=prefix, processors=processors, overwrite=overwrite, progress=progress,
+                      max_file_bytes=max_file_bytes)
+
+
+def member_keys(processors: Mapping[str, Any] | None = None) -> dict[str, tuple[str, ...]]:
+    """``{modality: sample keys}`` (lower case) of ``processors``, or of the anchor and every registered plugin."""
+    if processors is not None:
+        return _keys_of(processors)
+    from anchorbind.evaluation.shard_check import member_readers
+
+    # sample keys from the classes: nothing is built in this process
+    return {m: tuple(k.lower() for k in ks) for m, ks in member_readers().items()}
+
+
+def write_rows(
+    rows: Sequence[SampleRow],
+    out_dir: str | os.PathLike[str],
+    *,
+    report: ConversionReport | None = None,
+    source: str = "",
+    shard_size: int = 1000,
+    workers: int = 1,
+    prefix: str = "data",
+    processors: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    created_by: str = "anchorbind shards",
+) -> ConversionReport:
+    """Validate ``rows`` (files decoded by their modality's processor), write shards, ``manifest.json`` and
+    ``report.json`` into ``out_dir``: the second half of :func:`convert_to_shards`, for any source of rows
+    (a folder, a manifest, a dataset's official layout in :mod:`anchorbind.pipelines.shards.formats`).
+
+    Args:
+        rows: the samples; each row's ``meta`` becomes its ``json`` member.
+        report: a report already holding what reading the source skipped (a new one otherwise).
+        source: what the rows were read from, recorded in the manifest.
+        created_by: the manifest's ``created_by``.
+        shard_size, workers, prefix, processors, overwrite, progress, max_file_bytes: as
+            :func:`convert_to_shards`.
+
+    Raises:
+        PlanMismatchError: as :func:`convert_to_shards`.
+    """
+    out_dir = Path(out_dir)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if max_file_bytes < 1:
         raise ValueError(f"max_file_bytes must be >= 1, got {max_file_bytes}")
+    report = report or ConversionReport(out_dir=str(out_dir))
+    report.out_dir = str(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = _previous_dataset(out_dir, prefix, overwrite)
     remove_stale(out_dir)  # a killed run's staging folder and temporaries (never read as shards)
-    if processors is not None:
-        keys = _keys_of(processors)
-    else:
-        from anchorbind.evaluation.shard_check import member_readers
-
-        # sample keys from the classes: nothing is built in this process
-        keys = {m: tuple(k.lower() for k in ks) for m, ks in member_readers().items()}
-    report = ConversionReport(out_dir=str(out_dir))
-    if source.is_dir():
-        rows = _folder_rows(source, keys, out_dir.resolve() if out_dir.resolve() != source.resolve() else None, report)
-    else:
-        rows = _manifest_rows(source, keys, report)
     names = sorted({m for row in rows for m in row.members})  # only build the processors needed
 
     staging = out_dir / f".converting-{os.getpid()}"
@@ -655,6 +699,6 @@ def convert_to_shards(
     report.modalities = dict(sorted(counts.items()))
     report.shards = [e["name"] for e in entries]
     if entries:
-        write_manifest(out_dir, entries, created_by="anchorbind shards", source=str(source))
+        write_manifest(out_dir, entries, created_by=created_by, source=source)
     _write_report(out_dir, report)
     return report
