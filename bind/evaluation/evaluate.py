@@ -36,6 +36,7 @@ from anchorbind.evaluation.checkpoint_alignment import checkpoint_alignment
 from anchorbind.evaluation.extract import EmbeddingSet, extract_embeddings
 from anchorbind.evaluation.gap import gap_section
 from anchorbind.evaluation.groupwise import groupwise_section
+from anchorbind.evaluation.protocols import protocol_section
 from anchorbind.evaluation.retrieval import compare_with_direct, pair_retrieval
 from anchorbind.evaluation.shard_check import check_shards, member_readers
 from anchorbind.evaluation.visiocentrism import visiocentrism_section
@@ -169,6 +170,9 @@ class EvalConfig:
         ignore_modalities: modalities the shards carry that the model may lack without error.
         label_attribute: the JSON attribute used as the category label.
         device: where models run and similarities are computed (``auto``: CUDA if present).
+        protocol: the published protocol to run (:mod:`anchorbind.evaluation.protocols`):
+            ``auto`` (the one the shards declare, e.g. ESC-50's folds after ``anchorbind shards
+            --format esc50``), ``none``, or a dataset name that must match the declared one.
     """
 
     baselines: tuple[str, ...] = ()
@@ -179,6 +183,7 @@ class EvalConfig:
     ignore_modalities: tuple[str, ...] = ()
     label_attribute: str = "category"
     device: str = "auto"
+    protocol: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("baselines", "compare", "ignore_modalities"):
@@ -214,6 +219,7 @@ def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = N
     baselines, compare = config.baselines, config.compare
     batch_size, num_workers, checkpoint_samples = config.batch_size, config.num_workers, config.checkpoint_samples
     ignore_modalities, label_attribute, device = config.ignore_modalities, config.label_attribute, config.device
+    config_protocol = config.protocol
     run_dir = Path(run_dir)
     device = _resolve_device(device)
     model, config, emb, ignored = _load_and_embed(run_dir, shards, ignore=ignore_modalities, batch_size=batch_size,
@@ -253,6 +259,7 @@ def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = N
             metrics["emergent_vs_direct"].setdefault(pair, block)
     _stage("zero-shot, arithmetic, group-wise structure")
     metrics["zero_shot"] = zero_shot_section(model, emb, label_attribute=label_attribute, notes=notes)
+    metrics["protocols"] = protocol_section(model, emb, protocol=config_protocol, notes=notes)
     metrics["arithmetic"] = arithmetic_section(emb, label_attribute=label_attribute, notes=notes)
     metrics["groupwise"] = groupwise_section(emb, label_attribute=label_attribute, notes=notes)
     _stage("modality gap and the shift experiment, alignment")
@@ -342,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-attribute", default="category",
                         help="the JSON attribute used as the category label (default: category)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--protocol", default="auto",
+                        help="a standard dataset's published protocol: auto (the one the shards declare, after "
+                             "`anchorbind shards --format ...`), none, or its name (esc50, clotho, ...)")
     return parser
 
 
@@ -367,13 +377,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = EvalConfig(baselines=args.baseline, compare=args.compare, batch_size=args.batch_size,
                         num_workers=args.num_workers, checkpoint_samples=args.checkpoint_samples,
                         ignore_modalities=args.ignore_modality, label_attribute=args.label_attribute,
-                        device=args.device)
+                        device=args.device, protocol=args.protocol)
     if args.model:
         _adopt_model(args.model, args.run_dir)
     metrics = evaluate_run(args.run_dir, args.shards, config)
     width = max((len(k) for k in metrics["headline"]), default=10)
     for key, value in metrics["headline"].items():
         print(f"{key:<{width}}  {'-' if value is None else f'{value:.3f}':>8}")
+    for block in metrics.get("protocols", {}).values():  # as the papers' tables print them
+        for key, value in block.get("table", {}).items():
+            print(f"{key}: {value:.1f}")
     for note in metrics["notes"]:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {args.run_dir / METRICS_FILE}")
