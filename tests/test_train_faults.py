@@ -236,18 +236,20 @@ def _launch(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_quiet_secondary_rank_no_unused_parameters_and_resume(tmp_path, world_dir):
-    """A modality missing from every batch (depth) without find_unused_parameters; decode errors
-    gathered from both ranks; --resume on the finished run and a refused fresh start, once each."""
+    """A modality missing from every batch (depth, allowed by data.missing_modalities) without
+    find_unused_parameters; decode errors gathered from both ranks; --resume on the finished run
+    and a refused fresh start, once each."""
     from accelerate.utils import set_seed
 
     shards = rewrite_shards(world_dir / "train", tmp_path / "shards", drop_depth=True)
-    config = make_config(tmp_path, shards, "steps=2")
+    config = make_config(tmp_path, shards, "steps=2", "data.missing_modalities=[depth]")
     result = _launch(config)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "find_unused_parameters" not in output
     assert output.count("INFO anchorbind.anchor: anchor weights") == 1, "info lines from the main process only"
     assert output.count("parameters: ") == 1
+    assert output.count("not training depth: no training sample carries it") == 1, "said once, by the main process"
     run = tmp_path / "run"
     summary = json.loads((run / "train_summary.json").read_text())
     errors = json.loads((run / "decode_errors.json").read_text())

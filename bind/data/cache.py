@@ -54,7 +54,9 @@ from anchorbind.data.tempfiles import remove_stale
 from anchorbind.errors import ConfigError, InputError
 
 __all__ = [
+    "AnchorCacheStatus",
     "CacheReport",
+    "anchor_cache_status",
     "build_anchor_cache",
     "cache_shard",
     "main",
@@ -123,10 +125,49 @@ def shard_cache_identity(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+@dataclass
+class AnchorCacheStatus:
+    """Whether shards carry the cache of one anchor, and where the first one that does not is.
+
+    Attributes:
+        identity: the anchor identity asked about.
+        shards: how many shards the spec names.
+        matching: how many shards, from the first, carry that identity's cache before
+            ``first_without`` (all of them when it is None).
+        first_without: the first shard that does not carry it (a remote URL never does: the
+            cache rewrites local files); None when every shard does.
+        found: the identity that shard's cache was built for; None when it has no cache (or is
+            remote).
+    """
+
+    identity: str
+    shards: int
+    matching: int
+    first_without: str | None = None
+    found: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.first_without is None
+
+
+def anchor_cache_status(shards: str | Sequence[str], identity: str) -> AnchorCacheStatus:
+    """Check the shards in order against ``identity``; stops at the first one without its cache.
+
+    Each local shard is read through :func:`shard_cache_identity` (its sidecar, else the tar
+    headers up to the first ``anchor_id.txt`` member).
+    """
+    urls = expand_shards(shards)
+    for index, url in enumerate(urls):
+        found = shard_cache_identity(url) if Path(url).is_file() else None
+        if found != identity:
+            return AnchorCacheStatus(identity, len(urls), index, url, found)
+    return AnchorCacheStatus(identity, len(urls), len(urls))
+
+
 def shards_have_anchor_cache(shards: str | Sequence[str], identity: str) -> bool:
     """True when every shard is a local file carrying this anchor's cache (remote shards: False)."""
-    urls = expand_shards(shards)
-    return all(Path(u).is_file() and shard_cache_identity(u) == identity for u in urls)
+    return anchor_cache_status(shards, identity).complete
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

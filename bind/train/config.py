@@ -20,6 +20,7 @@ from anchorbind.model import ModelConfig
 __all__ = ["DataConfig", "LossConfig", "OptimConfig", "TrainConfig", "load_train_config"]
 
 ANCHOR_SOURCES = ("auto", "cache", "live")
+MISSING_MODALITY_POLICIES = ("error", "ignore")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
@@ -35,7 +36,15 @@ class DataConfig:
         num_workers: loader worker processes per training process.
         shuffle_buffer: sample shuffle buffer size.
         anchor: ``cache`` reads stored anchor embeddings (``anchorbind cache``), ``live`` runs the
-            frozen anchor on decoded images, ``auto`` uses the cache when the shards carry one.
+            frozen anchor on decoded images, ``auto`` uses the cache when the shards carry this
+            anchor's (and says so when they carry another anchor's).
+        missing_modalities: what to do with plugins whose modality no training sample carries:
+            ``error`` (stop, naming them), ``ignore`` (train the others; those plugins stay as
+            built, with no loss term), or a list of the plugins that may be missing (ignored when
+            they are; any other missing plugin is an error).
+        modality_lookahead: without a ``manifest.json`` listing the training shards (URLs,
+            hand-made shards), at most this many samples are read to find which modalities the
+            data holds (``anchorbind.data.inventory``).
     """
 
     train_shards: str = ""
@@ -44,6 +53,8 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 1000
     anchor: str = "auto"
+    missing_modalities: str | list[str] = "error"
+    modality_lookahead: int = 1000
 
 
 @dataclass
@@ -121,6 +132,10 @@ class TrainConfig:
             problems.append("data.train_shards is required")
         if self.data.anchor not in ANCHOR_SOURCES:
             problems.append(f"data.anchor must be one of {ANCHOR_SOURCES}, got {self.data.anchor!r}")
+        missing = self.data.missing_modalities
+        if isinstance(missing, str) and missing not in MISSING_MODALITY_POLICIES:
+            problems.append(f"data.missing_modalities must be one of {MISSING_MODALITY_POLICIES} or a list of "
+                            f"plugins, got {missing!r}")
         if self.mixed_precision not in PRECISIONS:
             problems.append(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
         if not self.model.modalities:
@@ -131,6 +146,7 @@ class TrainConfig:
             "checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints,
             "optim.grad_accum_steps": self.optim.grad_accum_steps,
             "max_nonfinite_steps": self.max_nonfinite_steps,
+            "data.modality_lookahead": self.data.modality_lookahead,
         }.items():
             if value < 1:
                 problems.append(f"{key} must be >= 1, got {value}")

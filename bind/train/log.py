@@ -2,6 +2,8 @@
 
 Only the main process writes. The CSV is appended to on resume, so one file holds the whole
 run's curve; its columns are fixed by the first row written (new keys go to TensorBoard only).
+A loss term whose modality had no row in the logged step is an empty cell, not a 0; a plugin
+left out of training (no sample in the data) has no column at all.
 Resuming from step ``c`` first drops the rows (and events) after ``c`` that the interrupted run
 wrote past its last checkpoint, atomically, so no step appears twice.
 
@@ -184,8 +186,10 @@ class TrainLogger:
             elif self.events_path.exists():
                 self.events_path.unlink()
 
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        self.accelerator.log(scalars, step=step)
+    def log(self, step: int, scalars: Mapping[str, float | None]) -> None:
+        """One row; a ``None`` value (a term with no rows in this step) is an empty CSV cell and no
+        TensorBoard point, never a 0."""
+        self.accelerator.log({k: v for k, v in scalars.items() if v is not None}, step=step)
         if not self.accelerator.is_main_process:
             return
         row = {"step": step, **scalars}

@@ -14,8 +14,9 @@ Launch lines::
     # one run per output_dir: a fresh start over an existing run needs --resume or --overwrite
     anchorbind train --config demo --overwrite
 
-The loop reads top to bottom: set-up, then one step per iteration (forward, loss, backward,
-clip, step), with logging and checkpoints on the side. Everything distributed goes through
+The loop reads top to bottom: set-up (including :mod:`anchorbind.train.data_check`: plugins
+whose modality the data lacks, a cache built for another anchor), then one step per iteration
+(forward, loss, backward, clip, step), with logging and checkpoints on the side. Everything distributed goes through
 accelerate; the contrastive loss (``anchorbind.losses.binding``) gathers embeddings so negatives are global.
 
 Exact resume: data for steps ``[c, c + checkpoint_every)`` comes from a loader seeded by ``c``,
@@ -34,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
@@ -43,7 +44,6 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from anchorbind.config import config_to_dict
-from anchorbind.data.cache import shards_have_anchor_cache
 from anchorbind.data.loader import build_loader
 from anchorbind.errors import AnchorBindError, ConfigError, debug_enabled, exit_code
 from anchorbind.losses.binding import BindingLoss
@@ -51,13 +51,15 @@ from anchorbind.model import BindModel
 from anchorbind.registry import ANCHOR_MODALITY
 from anchorbind.train.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_file, save_checkpoint
 from anchorbind.train.config import TrainConfig, load_train_config
+from anchorbind.train.data_check import DataPlan, plan_data, resolve_anchor_source
 from anchorbind.train.log import DECODE_ERRORS_FILE, DecodeErrorLog, TrainLogger, write_json_atomic
 from anchorbind.train.optim import build_optimizer, build_scheduler
 from anchorbind.train.rundir import RunDirPlan, RunLock, check_output_dir, prepare_run_dir
 
-__all__ = ["NonFiniteLossError", "main", "train"]
+__all__ = ["NonFiniteLossError", "main", "resolve_anchor_source", "train"]
 
 log = logging.getLogger("anchorbind.train")
+T = TypeVar("T")
 
 
 class NonFiniteLossError(AnchorBindError, RuntimeError):
@@ -82,29 +84,23 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     )
 
 
-def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+def count_parameters(model: torch.nn.Module, untrained: Sequence[torch.nn.Module] = ()) -> dict[str, int]:
+    """Trainable and frozen parameter counts; the parameters of ``untrained`` modules count as frozen."""
+    left_out = {id(p) for module in untrained for p in module.parameters()}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in left_out)
     total = sum(p.numel() for p in model.parameters())
     return {"trainable": trainable, "frozen": total - trainable}
 
 
-def resolve_anchor_source(cfg: TrainConfig, model: BindModel) -> bool:
-    """True when training should read cached anchor embeddings instead of running the anchor."""
-    if cfg.data.anchor == "live":
-        return False
-    has_cache = shards_have_anchor_cache(cfg.data.train_shards, model.anchor.identity)
-    if cfg.data.anchor == "cache" and not has_cache:
-        raise FileNotFoundError(
-            f"data.anchor=cache but {cfg.data.train_shards} carry no anchor cache for "
-            f"{model.anchor.identity}; run `anchorbind cache` first or set data.anchor=live"
-        )
-    return has_cache
+def segment_batches(cfg: TrainConfig, model: BindModel, start_step: int, use_cache: bool,
+                    plugins: Sequence[str] | None = None) -> Iterator[Any]:
+    """Micro-batches for steps ``[start_step, next checkpoint)``, from a loader seeded by ``start_step``.
 
-
-def segment_batches(cfg: TrainConfig, model: BindModel, start_step: int, use_cache: bool) -> Iterator[Any]:
-    """Micro-batches for steps ``[start_step, next checkpoint)``, from a loader seeded by ``start_step``."""
+    ``plugins``: the modalities decoded (default: every plugin's); a plugin left out of training
+    (``data.missing_modalities``) is never decoded, so it never enters a batch.
+    """
     # processors only (no model): they are what each loader worker gets a copy of
-    processors = {name: model.processor(name) for name in model.plugins}
+    processors = {name: model.processor(name) for name in (model.plugins if plugins is None else plugins)}
     if not use_cache:
         processors[ANCHOR_MODALITY] = model.processor(ANCHOR_MODALITY)
     loader = build_loader(
@@ -121,13 +117,13 @@ def segment_batches(cfg: TrainConfig, model: BindModel, start_step: int, use_cac
     yield from loader
 
 
-def _main_process_decides(accelerator: Accelerator, decide: Callable[[], RunDirPlan]) -> RunDirPlan:
+def _main_process_decides(accelerator: Accelerator, decide: Callable[[], T]) -> T:
     """Run ``decide`` on the main process only and hand its result (or its error) to every process.
 
     The other processes wait in the broadcast (a barrier); when the main process refuses, they
     raise the same error instead of hanging or failing on their own.
     """
-    plan: RunDirPlan | None = None
+    plan: T | None = None
     error: BaseException | None = None
     if accelerator.is_main_process:
         try:
@@ -211,13 +207,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
 def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume: bool) -> dict[str, Any]:
     set_seed(cfg.seed)
     model = BindModel.from_config(cfg.model)
+    # which anchor source, which plugins the data can train: decided once, by the main process
+    data_plan: DataPlan = _main_process_decides(accelerator, lambda: plan_data(cfg, model))
+    if accelerator.is_main_process:
+        for note in data_plan.notes:
+            log.warning("%s", note)
+    use_cache, untrained = data_plan.use_cache, list(data_plan.untrained)
+    trained_names = [name for name in model.plugins if name not in untrained]
     if cfg.compile:
-        for plugin in model.plugins.values():
-            plugin.trunk.compile()
-    counts = count_parameters(model)
-    use_cache = resolve_anchor_source(cfg, model)
+        for name in trained_names:
+            model.plugins[name].trunk.compile()
+    counts = count_parameters(model, [model.plugins[name] for name in untrained])
     loss_fn = BindingLoss(
-        weights={m: cfg.loss.weights.get(m, 1.0) for m in model.plugins},
+        weights={m: cfg.loss.weights.get(m, 1.0) for m in trained_names},
         direct_pairs=[tuple(p) for p in cfg.loss.direct_pairs],
         local_loss=cfg.loss.local_loss,
         gap=cfg.loss.gap,
@@ -250,6 +252,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
         f"parameters: {counts['trainable']:,} trainable, {counts['frozen']:,} frozen | "
         f"processes: {accelerator.num_processes} | anchor: {'cache' if use_cache else 'live'} | "
         f"global batch: {cfg.data.batch_size * accelerator.num_processes * cfg.optim.grad_accum_steps}"
+        + (f" | not trained: {', '.join(untrained)}" if untrained else "")
     )
 
     consecutive_nonfinite = 0
@@ -259,12 +262,14 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
     )
     batches: Iterator[Any] | None = None
     window_start, window_samples = time.perf_counter(), 0
+    native_names = [name for name in trained_names if bind_model.plugins[name].config.native_loss_weight > 0]
     model.train()
     while state["step"] < cfg.steps:
         if batches is None or state["step"] % cfg.checkpoint_every == 0:
-            batches = segment_batches(cfg, bind_model, state["step"], use_cache)
+            batches = segment_batches(cfg, bind_model, state["step"], use_cache, trained_names)
         step_finite, step_samples = True, 0
         seen = [0.0] * len(plugin_names)  # processes x micro-batches that had each plugin's modality
+        last_seen = seen  # processes whose last micro-batch had it: the logged terms are that batch's
         for _ in range(cfg.optim.grad_accum_steps):
             batch = next(batches)
             pending_errors.add(batch.get("errors", ()), step=state["step"] + 1)
@@ -275,6 +280,8 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
                 for name, value in out["native"].items():
                     terms[f"native/{name}"] = value
                     terms["loss"] = terms["loss"] + value
+                for name in native_names:  # every process logs the same terms, in the same order (the
+                    terms.setdefault(f"native/{name}", terms["loss"].new_zeros(()))  # reduce below would hang)
                 present = [name in out["embeddings"] for name in plugin_names]
                 # one all-reduce: is the loss finite everywhere, and where was each modality present?
                 # Every process must take the same branch, or the collectives below would hang.
@@ -283,6 +290,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
                 flags = accelerator.reduce(flags, reduction="sum").tolist()
                 step_finite &= flags[0] == accelerator.num_processes
                 seen = [s + f for s, f in zip(seen, flags[1:], strict=True)]
+                last_seen = flags[1:]
                 if not step_finite:
                     optimizer.zero_grad(set_to_none=True)
                     continue
@@ -324,9 +332,20 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
         if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
             elapsed = time.perf_counter() - window_start
             # mean over processes: with local_loss each process holds only its share of the loss
-            scalars = {k: accelerator.reduce(v.detach().float(), reduction="mean").item()
-                       for k, v in terms.items()}
-            scalars.update({f"logit_scale/{m}": float(s.detach()) for m, s in out["logit_scales"].items()})
+            scalars: dict[str, float | None] = {
+                k: accelerator.reduce(v.detach().float(), reduction="mean").item() for k, v in terms.items()}
+            # a term whose modality no row of the logged batch had is no measurement: an empty cell
+            # (sparse data; a plugin without data has no term at all)
+            absent = {name for name, n in zip(plugin_names, last_seen, strict=True) if n == 0}
+            for name in absent & set(trained_names):
+                scalars[f"contrastive/{name}"] = None
+                if name in native_names:
+                    scalars[f"native/{name}"] = None
+            for a, b in loss_fn.direct_pairs:
+                if a in absent or b in absent:
+                    scalars[f"direct/{a}-{b}"] = None
+            scalars.update({f"logit_scale/{m}": float(s.detach()) for m, s in out["logit_scales"].items()
+                            if m in trained_names})
             scalars["lr"] = scheduler.get_last_lr()[0]
             scalars["samples_per_s"] = window_samples / max(elapsed, 1e-9)
             scalars["skipped_steps"] = state["skipped_steps"]
@@ -353,6 +372,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
         "processes": accelerator.num_processes,
         "anchor_source": "cache" if use_cache else "live",
         "final_loss": state.get("final_loss", math.nan),
+        "untrained_modalities": untrained,
     }
     if accelerator.is_main_process:
         # a kill between the final checkpoint and here leaves a run that --resume finishes
