@@ -94,7 +94,8 @@ def test_zero_shot_keeps_only_its_split_and_classes(model):
     emb = _emb_set(model, meta, seed=2)
     notes: list[str] = []
     result = protocol_section(model, emb, notes=notes)["nyuv2"]
-    kept = [i for i, r in enumerate(meta) if r["dataset"]["split"] == "test" and r["attributes"]["category"] != "garage"]
+    kept = [i for i, r in enumerate(meta)
+            if r["dataset"]["split"] == "test" and r["attributes"]["category"] != "garage"]
     assert result["num_samples"] == len(kept) and result["num_classes"] == 3
     assert result["templates"] == ["a depth map of a {}."]
     classes = sorted(["living room", "bedroom", "kitchen"])

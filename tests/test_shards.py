@@ -165,7 +165,8 @@ def test_manifest_conversion_and_cli_summary(tmp_path):
         ("000000002", "image", "missing file"), ("000000004", "text", "missing file")}
     samples = list(iter_shard(tmp_path / "out" / "data-000000.tar"))
     assert [s["__key__"] for s in samples] == ["000000000", "custom", "000000002"]
-    assert samples[0]["txt"] == b"a caption written inline" and json.loads(samples[0]["json"]) == {"label": "cat"}
+    assert samples[0]["txt"] == b"a caption written inline"
+    assert json.loads(samples[0]["json"]) == {"attributes": {"label": "cat"}}, "other columns are attributes"
     assert samples[1]["txt"] == b"sample number 1" and "depth.npy" in samples[1]
 
 

@@ -54,11 +54,12 @@ def arithmetic_section(emb: EmbeddingSet, *, label_attribute: str = "category", 
         num_queries, num_queries_without_match, rule}}}`` (empty when the data has no ground truth).
     """
     groups = attribute_groups(emb.meta)
-    if groups is None:
+    visual_only = [a for a, g in (groups or {}).items() if g == "visual-only"]
+    if not visual_only:
         if notes is not None:
-            notes.append("arithmetic: skipped, the samples' JSON declares no attribute observability")
+            notes.append("arithmetic: skipped, no attribute is visual-only (observability 'visual' in the "
+                         "samples' JSON): nothing only the image could contribute")
         return {}
-    visual_only = [a for a, g in groups.items() if g == "visual-only"]
     out: dict[str, Any] = {}
     for plugin in emb.modalities:
         if plugin == ANCHOR_MODALITY:

@@ -38,6 +38,13 @@ from anchorbind.evaluation.gap import gap_section
 from anchorbind.evaluation.groupwise import groupwise_section
 from anchorbind.evaluation.protocols import protocol_section
 from anchorbind.evaluation.retrieval import compare_with_direct, pair_retrieval
+from anchorbind.evaluation.schema import (
+    DEFAULT_LABEL,
+    attribute_labels,
+    carried_by_omits,
+    declared_label,
+    unobserved_attributes,
+)
 from anchorbind.evaluation.shard_check import check_shards, member_readers
 from anchorbind.evaluation.visiocentrism import visiocentrism_section
 from anchorbind.evaluation.zeroshot import zero_shot_section
@@ -168,7 +175,9 @@ class EvalConfig:
         checkpoint_samples: samples embedded per checkpoint for alignment vs retrieval across
             checkpoints (0 skips the sweep).
         ignore_modalities: modalities the shards carry that the model may lack without error.
-        label_attribute: the JSON attribute used as the category label.
+        label_attribute: the JSON attribute used as the category label (``--label``); None: the
+            one the samples' JSON names (``label_attribute``, written by ``anchorbind shards
+            --label-from-folder / --label-column``), else ``category``.
         device: where models run and similarities are computed (``auto``: CUDA if present).
         protocol: the published protocol to run (:mod:`anchorbind.evaluation.protocols`):
             ``auto`` (the one the shards declare, e.g. ESC-50's folds after ``anchorbind shards
@@ -181,7 +190,7 @@ class EvalConfig:
     num_workers: int = 2
     checkpoint_samples: int = 300
     ignore_modalities: tuple[str, ...] = ()
-    label_attribute: str = "category"
+    label_attribute: str | None = None
     device: str = "auto"
     protocol: str = "auto"
 
@@ -191,10 +200,39 @@ class EvalConfig:
         problems = [f"{key} must be >= {low}, got {value}" for key, value, low in (
             ("batch_size", self.batch_size, 1), ("num_workers", self.num_workers, 0),
             ("checkpoint_samples", self.checkpoint_samples, 0)) if value < low]
-        if not self.label_attribute:
+        if self.label_attribute is not None and not self.label_attribute:
             problems.append("label_attribute must not be empty")
         if problems:
             raise ConfigError("invalid evaluation config: " + "; ".join(problems))
+
+
+def _resolve_label(emb: EmbeddingSet, given: str | None, notes: list[str]) -> tuple[str, str]:
+    """The label attribute and where it came from: ``option`` (``--label``), ``data`` (the samples'
+    ``label_attribute``) or ``default`` (``category``); notes what the data assumes and lacks."""
+    declared = declared_label(emb.meta)
+    if given is not None:
+        label, source = given, "option"
+    else:
+        label, source = (declared, "data") if declared else (DEFAULT_LABEL, "default")
+    rows = np.arange(len(emb.keys))
+    if attribute_labels(emb.meta, rows, label) is None:
+        records = [r.get("attributes") if r else None for r in emb.meta]
+        common = ([] if not records or not all(isinstance(a, dict) for a in records)
+                  else [name for name in records[0] if all(name in a for a in records[1:])])
+        hint = (f"attributes every sample has: {', '.join(map(str, common))} (pick one with --label NAME)" if common
+                else "label the data with `anchorbind shards --label-from-folder` or `--label-column NAME`")
+        notes.append(f"label {label!r}: not every sample's JSON has attributes.{label}, so retrieval is at "
+                     f"instance level only and zero-shot and the category analyses are skipped; {hint}")
+    unobserved = unobserved_attributes(emb.meta)
+    if unobserved:
+        notes.append(f"attribute{'s' if len(unobserved) > 1 else ''} {', '.join(unobserved)}: the samples' JSON "
+                     "gives no observability, so each is assumed carried by every modality (group 'shared') in the "
+                     "visiocentrism probes, retrieval by attribute and arithmetic")
+    for name in emb.modalities:
+        if bool(emb.masks[name].any()) and carried_by_omits(emb.meta, name):
+            notes.append(f"{name}: the samples' carried_by never names it; what it carries is taken from each "
+                         "attribute's observability and what its plugin perceives")
+    return label, source
 
 
 def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = None) -> dict[str, Any]:
@@ -215,7 +253,7 @@ def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = N
             model has no plugin for (unless listed in ``ignore_modalities``), or carry none of
             the modalities the model's plugins embed.
     """
-    config = config or EvalConfig()
+    config = eval_config = config or EvalConfig()
     baselines, compare = config.baselines, config.compare
     batch_size, num_workers, checkpoint_samples = config.batch_size, config.num_workers, config.checkpoint_samples
     ignore_modalities, label_attribute, device = config.ignore_modalities, config.label_attribute, config.device
@@ -230,10 +268,11 @@ def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = N
     for name in emb.modalities:
         if not bool(emb.masks[name].any()):
             notes.append(f"{name}: the model embeds it but no evaluated sample has it")
+    label_attribute, label_source = _resolve_label(emb, label_attribute, notes)
     weights = _mitigation(model)
     metrics: dict[str, Any] = {
         "run": str(run_dir), "shards": str(shards), "num_samples": len(emb.keys),
-        "label_attribute": label_attribute,
+        "label_attribute": label_attribute, "label_source": label_source,
         "modalities": {m: int(emb.masks[m].sum()) for m in emb.modalities},
         "ignored_modalities": ignored,
         "decode_errors": _decode_errors(emb),
@@ -278,7 +317,7 @@ def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = N
     _stage("visiocentrism probes")
     metrics["visiocentrism"] = visiocentrism_section(emb, loss_cfg, notes=notes)
     metrics["compare"] = {
-        str(other): _compare_block(Path(other), shards, config)
+        str(other): _compare_block(Path(other), shards, eval_config)
         for other in compare
     }
     metrics["notes"] = notes
@@ -295,7 +334,9 @@ def headline(metrics: dict[str, Any], *, text_queries: Sequence[str] | None = No
     Trained pairs are shown towards the anchor; an emergent pair in one direction (alphabetical),
     and in both when the query is a modality that ``encodes_text`` (``text_queries``; found from
     the installed plugins of ``metrics["modalities"]`` when None), since retrieval by caption is
-    the use case.
+    the use case. Retrieval is at category level when the data has the label, otherwise at
+    instance level (the true pair only); each key names its level (``... category R@1``,
+    ``... instance R@1``).
     """
     out: dict[str, float | None] = {}
     retrieval = metrics["retrieval"]
@@ -306,11 +347,13 @@ def headline(metrics: dict[str, Any], *, text_queries: Sequence[str] | None = No
             query, gallery = pair.split("->")
             shown = gallery == ANCHOR_MODALITY if kind == "trained" else query < gallery or query in text_queries
             if block["kind"] == kind and shown:
-                out[f"{kind} {pair} category R@1"] = block.get("category/R@1")
+                level = "category" if "category/R@1" in block else "instance"
+                out[f"{kind} {pair} {level} R@1"] = block.get(f"{level}/R@1")
     for pair, block in metrics.get("emergent_vs_direct", {}).items():
-        out[f"direct {pair} category R@1"] = block.get("direct/category/R@1")
-        out[f"emergent/direct {pair} category R@1"] = block.get("ratio/category/R@1")
-        out[f"chance {pair} category R@1"] = block.get("chance/category/R@1")
+        level = "category" if "direct/category/R@1" in block else "instance"
+        out[f"direct {pair} {level} R@1"] = block.get(f"direct/{level}/R@1")
+        out[f"emergent/direct {pair} {level} R@1"] = block.get(f"ratio/{level}/R@1")
+        out[f"chance {pair} {level} R@1"] = block.get(f"chance/{level}/R@1")
     for name, block in metrics.get("zero_shot", {}).items():
         if isinstance(block, dict):
             out[f"zero-shot {name} acc@1"] = block.get("acc@1")
@@ -346,13 +389,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="samples embedded per checkpoint in the alignment-vs-retrieval sweep (0 skips it)")
     parser.add_argument("--ignore-modality", action="append", default=[], metavar="NAME",
                         help="a modality the shards carry but the model lacks, to leave out (repeatable)")
-    parser.add_argument("--label-attribute", default="category",
-                        help="the JSON attribute used as the category label (default: category)")
+    parser.add_argument("--label", "--label-attribute", dest="label_attribute", default=None, metavar="NAME",
+                        help="the attribute used as the category (json attributes.NAME); default: the one the "
+                             "shards name (label_attribute, from `anchorbind shards --label-from-folder` or "
+                             f"--label-column), else {DEFAULT_LABEL}")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--protocol", default="auto",
                         help="a standard dataset's published protocol: auto (the one the shards declare, after "
                              "`anchorbind shards --format ...`), none, or its name (esc50, clotho, ...)")
     return parser
+
+
+def _levels_legend(metrics: dict[str, Any]) -> str:
+    """One line saying what the headline's levels mean and which label was used."""
+    label, source = metrics["label_attribute"], metrics.get("label_source", "option")
+    origin = {"option": "--label", "data": "named by the shards", "default": "the default"}.get(source, source)
+    levels = {key.split(" R@")[0].rsplit(" ", 1)[-1] for key in metrics["headline"] if " R@" in key}
+    meaning = []
+    if "category" in levels:
+        meaning.append(f"category R@1: a gallery item with the query's {label} counts")
+    if "instance" in levels:
+        meaning.append(f"instance R@1: only the query's own pair counts (no {label} label in every sample)")
+    return f"label: {label} ({origin})" + "".join(f"; {m}" for m in meaning)
 
 
 def _adopt_model(model: str, run_dir: Path) -> None:
@@ -381,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model:
         _adopt_model(args.model, args.run_dir)
     metrics = evaluate_run(args.run_dir, args.shards, config)
+    print(_levels_legend(metrics))
     width = max((len(k) for k in metrics["headline"]), default=10)
     for key, value in metrics["headline"].items():
         print(f"{key:<{width}}  {'-' if value is None else f'{value:.3f}':>8}")

@@ -5,17 +5,21 @@ list, so a new world (or a real dataset whose JSON follows the same keys) works 
 The keys read from each sample's ``json`` member:
 
 * ``attributes``: ``{name: value}``, the scene's ground-truth values;
-* ``observability``: ``{name: "visual" | "both" | <anything else>}`` — who can perceive it.
-  ``visual`` = only the image shows it, ``both`` = seen and heard; any other value (the world
-  uses ``audio``) = not visible;
+* ``label_attribute`` (optional): the name of the attribute that is the category, evaluation's
+  default label (:func:`declared_label`);
+* ``observability`` (optional): ``{name: "visual" | "both" | <anything else>}`` — who can perceive
+  it. ``visual`` = only the image shows it, ``both`` = seen and heard; any other value (the world
+  uses ``audio``) = not visible. An attribute that no record gives an observability (a user's
+  labels) is in the ``shared`` group and carried by every modality
+  (:func:`unobserved_attributes`: the evaluation says it assumed so);
 * ``carried_by`` (optional): ``{name: [modality, ...]}`` — which of the sample's files carry it
   (finer than observability: a depth map shows shape but not colour);
 * ``caption_states`` (optional): ``{name: bool}`` — whether *this* sample's caption states it.
 
 Which modality carries which attribute (:func:`carried_mask`) is decided from the data first and
 from what the plugins declare second, never from a modality's name: ``caption_states`` holds
-for every plugin that ``encodes_text``; ``carried_by`` for every modality; without them, the
-attribute's ``observability`` against the plugin's ``perceives`` (see :func:`perceived_groups`).
+for every plugin that ``encodes_text``; ``carried_by`` for every modality it names; otherwise
+the attribute's ``observability`` against the plugin's ``perceives`` (see :func:`perceived_groups`).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import numpy as np
 
 from anchorbind.registry import ANCHOR_MODALITY, plugin_class_or_none
 
-__all__ = ["ANCHOR_PERCEIVES", "GROUP_ORDER", "SHARED_OBSERVABILITY", "attribute_groups", "attribute_labels",
-           "carried_mask", "observability_group", "perceived_groups"]
+__all__ = ["ANCHOR_PERCEIVES", "DEFAULT_LABEL", "GROUP_ORDER", "SHARED_OBSERVABILITY", "attribute_groups",
+           "attribute_labels", "carried_by_omits", "carried_mask", "declared_label", "observability_group",
+           "perceived_groups", "unobserved_attributes"]
 
 GROUP_ORDER = ("shared", "visual-only", "non-visual")
 
@@ -37,6 +42,9 @@ SHARED_OBSERVABILITY = "both"
 """The observability value of an attribute every modality perceives (seen and heard)."""
 ANCHOR_PERCEIVES: tuple[str, ...] = (VISUAL_OBSERVABILITY,)
 """What the anchor (image) perceives: what is visible."""
+DEFAULT_LABEL = "category"
+"""The label attribute when neither the user nor the data names one."""
+LABEL_KEY = "label_attribute"
 
 
 def observability_group(observability: str) -> str:
@@ -49,11 +57,40 @@ def observability_group(observability: str) -> str:
 
 
 def attribute_groups(meta: Sequence[Mapping[str, Any] | None]) -> dict[str, str] | None:
-    """``{attribute: group}`` from the first record that declares ``observability`` (None if none does)."""
+    """``{attribute: group}``; None when the records declare neither ``observability`` nor ``attributes``.
+
+    The groups of the first record that declares ``observability``; then every attribute of the
+    records' ``attributes`` that no record gives an observability, as ``shared``: with nothing
+    known, every modality carries it (:func:`carried_mask`), as for an attribute seen and heard.
+    """
+    groups: dict[str, str] = {}
     for record in meta:
         if record and isinstance(record.get("observability"), Mapping):
-            return {name: observability_group(str(seen_by)) for name, seen_by in record["observability"].items()}
-    return None
+            groups = {name: observability_group(str(seen_by)) for name, seen_by in record["observability"].items()}
+            break
+    for name in unobserved_attributes(meta):
+        groups[name] = observability_group(SHARED_OBSERVABILITY)
+    return groups or None
+
+
+def unobserved_attributes(meta: Sequence[Mapping[str, Any] | None]) -> list[str]:
+    """The attributes (in order of appearance) that some record has and no record's ``observability`` names."""
+    seen: dict[str, None] = {}
+    observed: set[str] = set()
+    for record in meta:
+        if not record:
+            continue
+        if isinstance(record.get("attributes"), Mapping):
+            seen.update(dict.fromkeys(str(name) for name in record["attributes"]))
+        if isinstance(record.get("observability"), Mapping):
+            observed.update(str(name) for name in record["observability"])
+    return [name for name in seen if name not in observed]
+
+
+def declared_label(meta: Sequence[Mapping[str, Any] | None]) -> str | None:
+    """The attribute the records name as their category (``label_attribute``), when they all agree; else None."""
+    names = {record[LABEL_KEY] for record in meta if record and isinstance(record.get(LABEL_KEY), str)}
+    return names.pop() if len(names) == 1 else None
 
 
 def attribute_labels(meta: Sequence[Mapping[str, Any] | None], rows: Sequence[int] | np.ndarray,
@@ -90,8 +127,9 @@ def carried_mask(meta: Sequence[Mapping[str, Any] | None], rows: Sequence[int] |
     """Whether ``modality``'s input of each row carries ``attribute``.
 
     In order, per record: a plugin that ``encodes_text`` reads the caption, which carries what it
-    states (``caption_states``); any modality carries what ``carried_by`` lists for it; without
-    those keys, a modality carries the attributes whose ``observability`` it perceives (``both``,
+    states (``caption_states``); a modality that ``carried_by`` names (for any attribute) carries
+    what it lists for it; otherwise (no ``carried_by``, or one written before the modality
+    existed), a modality carries the attributes whose ``observability`` it perceives (``both``,
     or a value in :func:`perceived_groups`). A record without any of that information, or a
     modality that declares nothing, counts as carrying it (nothing known to the contrary), so
     data without the keys is probed on every attribute.
@@ -103,13 +141,41 @@ def carried_mask(meta: Sequence[Mapping[str, Any] | None], rows: Sequence[int] |
     for i in np.asarray(rows, dtype=int).tolist():
         record = meta[i] or {}
         observability = record.get("observability")
+        carried_by = record.get("carried_by")
         if reads_captions and isinstance(record.get("caption_states"), Mapping):
             out.append(bool(record["caption_states"].get(attribute, False)))
-        elif isinstance(record.get("carried_by"), Mapping) and attribute in record["carried_by"]:
-            out.append(modality in record["carried_by"][attribute])
+        elif (isinstance(carried_by, Mapping) and attribute in carried_by
+              and _names(carried_by, modality)):
+            out.append(modality in carried_by[attribute])
         elif perceived is not None and isinstance(observability, Mapping) and attribute in observability:
             seen_by = str(observability[attribute])
             out.append(seen_by == SHARED_OBSERVABILITY or seen_by in perceived)
         else:
             out.append(True)
     return np.array(out, dtype=bool)
+
+
+def _names(carried_by: Mapping[str, Any], modality: str) -> bool:
+    """Whether a record's ``carried_by`` lists ``modality`` for any attribute."""
+    return any(isinstance(listed, (list, tuple)) and modality in listed for listed in carried_by.values())
+
+
+def carried_by_omits(meta: Sequence[Mapping[str, Any] | None], modality: str) -> bool:
+    """Whether the records' ``carried_by`` would decide for ``modality`` but never names it.
+
+    Such a modality (a plugin added after the data was written) is not taken as carrying
+    nothing: :func:`carried_mask` falls back on ``observability`` and what it perceives. Records
+    whose caption decides for a plugin that ``encodes_text`` (``caption_states``) do not count.
+    """
+    cls = plugin_class_or_none(modality)
+    reads_captions = cls is not None and cls.encodes_text
+    decides = False
+    for record in meta:
+        if not record or not isinstance(record.get("carried_by"), Mapping):
+            continue
+        if reads_captions and isinstance(record.get("caption_states"), Mapping):
+            continue
+        if _names(record["carried_by"], modality):
+            return False
+        decides = True
+    return decides

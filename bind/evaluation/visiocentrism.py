@@ -1,11 +1,11 @@
 """Visiocentrism: which information survives binding a modality to an image space?
 
 For every modality and every ground-truth attribute its input carries (``carried_by`` /
-``caption_states`` in the data's JSON), a linear probe reads the attribute from (a) the bound
-embedding and (b) the native trunk features (for the anchor: its pooled features), by stratified
-cross-validation. Binding through a frozen image anchor rewards keeping what images can show,
-so attributes images cannot see (the world's beats, tempo, loudness) should lose more probe
-accuracy than shared ones (category, size).
+``caption_states`` in the data's JSON; every attribute when the data says nothing), a linear
+probe reads the attribute from (a) the bound embedding and (b) the native trunk features (for
+the anchor: its pooled features), by stratified cross-validation. Binding through a frozen image
+anchor rewards keeping what images can show, so attributes images cannot see (the world's beats,
+tempo, loudness) should lose more probe accuracy than shared ones (category, size).
 
 Relative probe loss of attribute ``a``::
 
@@ -219,12 +219,14 @@ def visiocentrism_section(emb: EmbeddingSet, loss_config: Mapping[str, Any], *,
 
     Returns:
         ``{"groups", "probes", "summary", "index", "retrieval_by_attribute"}`` (docs/metrics.md);
-        empty when the data's JSON declares no attribute observability.
+        empty when the data's JSON declares neither attributes nor their observability. An
+        attribute without observability is ``shared``, carried by every modality
+        (:func:`anchorbind.evaluation.schema.attribute_groups`).
     """
     groups = attribute_groups(emb.meta)
     if groups is None:
         if notes is not None:
-            notes.append("visiocentrism: skipped, the samples' JSON declares no attribute observability")
+            notes.append("visiocentrism: skipped, the samples' JSON has no attributes")
         return {}
     probes, summary = {}, {}
     for name in emb.modalities:

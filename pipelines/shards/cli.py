@@ -1,8 +1,8 @@
 """``anchorbind shards``: convert a folder or a CSV/JSONL manifest into WebDataset shards.
 
-Prints the summary (samples written, files and samples skipped, where the reasons are) and exits
-0 when at least one sample was written, 1 when none was, 2 when the source or the output folder
-cannot be used.
+Prints the summary (samples written, labels, files and samples skipped, where the reasons are;
+one line per split with ``--test-fraction``) and exits 0 when at least one sample was written, 1
+when none was, 2 when the source, the options or the output folder cannot be used.
 """
 
 from __future__ import annotations
@@ -39,18 +39,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="replace the dataset already in --out (refused without it)")
     parser.add_argument("--max-file-mb", type=float, default=convert.MAX_FILE_BYTES / 2**20,
                         help="skip larger files unread (default %(default)g)")
+    parser.add_argument("--label-from-folder", action="store_true",
+                        help="a folder in the ImageFolder layout: the first folder below SOURCE is each sample's "
+                             f"label, stored as attributes.{convert.DEFAULT_LABEL} (off by default)")
+    parser.add_argument("--label-column", metavar="NAME",
+                        help="the manifest column that is the category (every other column is an attribute too); "
+                             "with --label-from-folder, the attribute the folder names are stored under")
+    parser.add_argument("--test-fraction", type=float, metavar="F",
+                        help="also make a test split: write OUT/train and OUT/test, a fraction F of the samples "
+                             "(by the hash of their key, stratified by label) in test")
     args = parser.parse_args(argv)
     if args.format is not None:
+        if args.label_from_folder or args.label_column is not None or args.test_fraction is not None:
+            print("anchorbind shards: error: --label-from-folder, --label-column and --test-fraction apply to a "
+                  "folder or a manifest; --format writes the dataset's own labels and splits", file=sys.stderr)
+            return 2
         return _convert_format(args)
+    options = {"shard_size": args.shard_size, "workers": args.workers, "prefix": args.prefix,
+               "overwrite": args.overwrite, "max_file_bytes": int(args.max_file_mb * 2**20),
+               "label_from_folder": args.label_from_folder, "label_column": args.label_column}
     try:
-        report = convert.convert_to_shards(args.source, args.out, shard_size=args.shard_size, workers=args.workers,
-                                           prefix=args.prefix, overwrite=args.overwrite,
-                                           max_file_bytes=int(args.max_file_mb * 2**20))
+        if args.test_fraction is None:
+            reports = {"": convert.convert_to_shards(args.source, args.out, **options)}
+        else:
+            reports = convert.convert_to_splits(args.source, args.out, test_fraction=args.test_fraction, **options)
     except (FileNotFoundError, FileExistsError, InputError, ValueError) as err:
         print(f"anchorbind shards: error: {err}", file=sys.stderr)
         return 2
-    print(report.summary())
-    return 0 if report.samples_written else 1
+    for split, report in reports.items():
+        print(f"{split}: {report.summary()}" if split else report.summary())
+        for note in report.notes:
+            print(f"note: {note}")
+    return 0 if any(r.samples_written for r in reports.values()) else 1
 
 
 def _convert_format(args: argparse.Namespace) -> int:
@@ -70,12 +90,14 @@ def _convert_format(args: argparse.Namespace) -> int:
     report = convert.ConversionReport(out_dir=str(args.out))
     splits = read_format(args.format, args.source, report, options)
     written = 0
+    if len(splits) > 1:  # what reading the layout skipped, of every split: OUT/report.json, apart from each split's
+        args.out.mkdir(parents=True, exist_ok=True)
+        convert.write_report(args.out, report)
+        print(f"reading {args.format}: skipped {report.files_skipped} files and {report.samples_skipped} samples"
+              f" — reasons in {args.out / convert.REPORT}")
     for split, rows in splits.items():
         out = args.out if len(splits) == 1 else args.out / split
-        split_report = convert.ConversionReport(out_dir=str(out))
-        if len(splits) == 1 or split == next(iter(splits)):  # what reading the layout skipped, reported once
-            split_report.skipped, split_report.files_skipped = list(report.skipped), report.files_skipped
-            split_report.samples_skipped = report.samples_skipped
+        split_report = report if len(splits) == 1 else convert.ConversionReport(out_dir=str(out))
         done = convert.write_rows(rows, out, report=split_report, source=f"{args.format}:{args.source}",
                                   shard_size=args.shard_size, workers=args.workers, prefix=args.prefix,
                                   overwrite=args.overwrite, max_file_bytes=int(args.max_file_mb * 2**20),

@@ -19,6 +19,14 @@ first (in ``sample_keys`` order) and skip the other as a duplicate. Only the nam
 or stems (``a/b_0001.jpg`` and ``a_b/0001.txt`` are both ``a_b_0001``) are not merged: the second
 is skipped and reported.
 
+**Labels from folders** (``--label-from-folder``; off by default, never guessed): the ImageFolder
+convention. The first folder below the source is the sample's class, stored as the attribute
+``category`` (or the name given with ``--label-column``): ``photos/dog/0001.jpg`` is sample
+``dog_0001`` with ``{"attributes": {"category": "dog"}, "label_attribute": "category"}``, also when
+it lies deeper (``photos/dog/park/0001.jpg``: still ``dog``). A file directly in the source
+folder has no class and is skipped with that reason. Without the flag, a folder whose samples all
+lie exactly one folder deep, in two or more folders, gets a note saying the flag would use them.
+
 **Manifest.** A ``.csv`` or ``.jsonl`` file whose columns named after a modality (``image``,
 ``text``, ``audio``, ``depth``, or any registered plugin) hold file paths, relative to the
 manifest's folder (absolute paths work too); any subset per row, empty cells allowed. Text:
@@ -30,10 +38,24 @@ manifest's folder (absolute paths work too); any subset per row, empty cells all
 
 An optional ``key`` column names samples (default: the row number, ``000000000``...); a key with
 a NUL, a control character or a path separator (``/``, ``\\``) is refused, a dot becomes ``_``
-(the original is kept as ``key`` in the sample's ``json``). Every other column is kept as
-metadata in the sample's ``json`` member. A row that cannot be used (not JSON, not UTF-8, a bad
+(the original is kept as ``key`` in the sample's ``json``). Every other column is an
+attribute: it goes into ``json["attributes"]`` (an empty cell is left out), which is what
+``anchorbind eval`` reads. ``--label-column NAME`` picks the attribute that is the category: it is
+recorded as ``json["label_attribute"]`` (evaluation's default label), and a row with no value in
+it is skipped and reported. Columns named after the other keys of the sample JSON schema
+(``observability``, ``carried_by``, ``caption_states``, ``dataset``: objects; ``captions``: a list
+of strings; ``attributes``: an object merged with the columns) are kept at the top level as they
+are, a CSV cell holding them as JSON. A row that cannot be used (not JSON, not UTF-8, a bad
 or duplicate key, more cells than the header, any error while reading it) is skipped and
 reported with its line number; the other rows are converted.
+
+**Test split** (``--test-fraction F``, :func:`convert_to_splits`): ``OUT/train`` and ``OUT/test``,
+decided before validation from the rows alone. Within each label value (all rows when there is
+no label) rows are ranked by the SHA-256 of their sample key; ordering every row by its rank's
+quantile within its label, then by that hash, the first ``round(F * N)`` rows (at least one and
+at most ``N - 1`` when ``N >= 2``) are the test split. So each label is split in the same
+proportion as far as its size allows, and the split depends only on the keys and labels: the
+same data gives the same split, whatever ``workers``.
 
 **Validation.** Every file is decoded by its modality's processor (``load``; the anchor's
 ImageProcessor for images; no model is built) before it is written, so bad files never reach
@@ -55,9 +77,12 @@ refused rather than mixed in. Temporaries of a killed run are removed first.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
+import hashlib
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -79,8 +104,8 @@ from anchorbind.pipelines.shards.writer import MANIFEST, PlanMismatchError, Shar
 if TYPE_CHECKING:
     from anchorbind.processor import Processor
 
-__all__ = ["ConversionReport", "SampleRow", "classify_file", "convert_to_shards", "load_processors", "member_keys",
-           "write_rows"]
+__all__ = ["ConversionReport", "SampleRow", "classify_file", "convert_to_shards", "convert_to_splits",
+           "load_processors", "member_keys", "split_rows", "write_rows"]
 
 REPORT = "report.json"
 ANCHOR = "image"
@@ -90,6 +115,15 @@ TEXT_FILE = "text_file"
 MAX_FILE_BYTES = 512 * 2**20
 """Default size limit of one file: a larger one is skipped unread (``--max-file-mb``)."""
 _CHUNK = 16
+_SHOWN_LABELS = 8
+DEFAULT_LABEL = "category"
+"""The attribute a folder's class names are stored under (evaluation's default label too)."""
+LABEL_KEY = "label_attribute"
+"""The sample JSON's key naming the attribute that is the category."""
+SCHEMA_OBJECTS = ("observability", "carried_by", "caption_states", "dataset")
+"""Manifest columns kept at the top level of the sample's JSON (objects; docs/data.md)."""
+SCHEMA_LISTS = ("captions",)
+SPLITS = ("train", "test")
 
 
 @dataclass
@@ -104,6 +138,10 @@ class ConversionReport:
         shards: shard file names.
         skipped: one ``{"source", "key", "modality", "reason"}`` per skipped file or sample (plus
             ``"row"``, the line in the manifest where the row starts, for a manifest's rows).
+        label_attribute: the attribute that is the category (``--label-from-folder`` /
+            ``--label-column``), or empty.
+        labels: samples written per value of ``label_attribute``.
+        notes: what the user may want to know about the source (e.g. a layout that looks labelled).
     """
 
     samples_written: int = 0
@@ -113,10 +151,18 @@ class ConversionReport:
     shards: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     out_dir: str = ""
+    label_attribute: str = ""
+    labels: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.modalities.items())) or "no modality"
-        return (f"wrote {self.samples_written} samples in {len(self.shards)} shards ({counts}); "
+        labelled = ""
+        if self.label_attribute:
+            shown = ", ".join(f"{k}: {v}" for k, v in list(self.labels.items())[:_SHOWN_LABELS])
+            more = ", ..." if len(self.labels) > _SHOWN_LABELS else ""
+            labelled = f"; {len(self.labels)} {self.label_attribute} labels ({shown}{more})"
+        return (f"wrote {self.samples_written} samples in {len(self.shards)} shards ({counts}){labelled}; "
                 f"skipped {self.files_skipped} files and {self.samples_skipped} samples"
                 f" — reasons in {Path(self.out_dir) / REPORT}")
 
@@ -194,13 +240,18 @@ def classify_file(name: str, keys: Mapping[str, tuple[str, ...]]) -> tuple[str, 
 # ---------------------------------------------------------------------------------------- rows
 @dataclass
 class SampleRow:
-    """One sample to validate: ``members[modality] = (source, member key, inline text or None)``."""
+    """One sample to validate: ``members[modality] = (source, member key, inline text or None)``.
+
+    ``required``: modalities without which the sample is worthless (a caption dataset's clip):
+    when one of them cannot be read the whole sample is skipped, not written with the rest.
+    """
 
     key: str
     members: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
     meta: dict[str, Any] | None = None
     origin: str = ""
     line: int | None = None
+    required: tuple[str, ...] = ()
 
 
 def _reason(err: BaseException) -> str:
@@ -208,7 +259,8 @@ def _reason(err: BaseException) -> str:
 
 
 def _folder_rows(root: Path, keys: Mapping[str, tuple[str, ...]], exclude: Path | None,
-                 report: ConversionReport) -> list[SampleRow]:
+                 report: ConversionReport, label: str | None = None) -> list[SampleRow]:
+    """The samples of a folder; with ``label``, the first folder below ``root`` is attribute ``label``."""
     rows: dict[str, SampleRow] = {}
     claimed: dict[str, tuple[tuple[str, ...], Path]] = {}  # key -> (folders + stem, first file) that made it
     for path in sorted(root.rglob("*")):
@@ -217,6 +269,9 @@ def _folder_rows(root: Path, keys: Mapping[str, tuple[str, ...]], exclude: Path 
             if any(part.startswith(".") for part in relative.parts) or not path.is_file():
                 continue
             if exclude is not None and (path == exclude or exclude in path.parents):
+                continue
+            if label is not None and len(relative.parts) < 2:
+                report.skip(path, None, None, "not in a class folder (--label-from-folder): no label")
                 continue
             found = classify_file(path.name, keys)
             if isinstance(found, str):
@@ -230,7 +285,8 @@ def _folder_rows(root: Path, keys: Mapping[str, tuple[str, ...]], exclude: Path 
                 report.skip(path, key, modality, f"sample key {key!r} is already that of {str(first[1])!r} "
                             f"(another folder or stem): not merged")
                 continue
-            row = rows.setdefault(key, SampleRow(key, origin=str(path)))
+            meta = None if label is None else {"attributes": {label: relative.parts[0]}, LABEL_KEY: label}
+            row = rows.setdefault(key, SampleRow(key, meta=meta, origin=str(path)))
             previous = row.members.get(modality)
             if previous is not None:
                 keep_new = keys[modality].index(member) < keys[modality].index(previous[1])
@@ -241,6 +297,12 @@ def _folder_rows(root: Path, keys: Mapping[str, tuple[str, ...]], exclude: Path 
             row.members[modality] = (str(path), member, None)
         except Exception as err:  # one odd file (permissions, encoding) must not stop the others
             report.skip(path, None, None, _reason(err))
+    folders = {claimed[key][0][0] for key in rows if len(claimed[key][0]) == 2}
+    if label is None and len(folders) >= 2 and all(len(claimed[key][0]) == 2 for key in rows):
+        shown = ", ".join(sorted(folders)[:_SHOWN_LABELS]) + (", ..." if len(folders) > _SHOWN_LABELS else "")
+        report.notes.append(f"every sample lies in one subfolder of {root} ({len(folders)} folders: {shown}); "
+                            "pass --label-from-folder to use the folder names as labels (attribute "
+                            f"{DEFAULT_LABEL!r})")
     return list(rows.values())
 
 
@@ -343,8 +405,36 @@ def _text_is_path(value: str, path: Path, text_keys: tuple[str, ...]) -> bool:
     return not any(c.isspace() for c in value) or _is_file(path)
 
 
+def _meta_column(meta: dict[str, Any], column: str, value: Any, origin: str) -> None:
+    """Put a manifest cell that names no modality into the sample's JSON: an attribute, or a schema key."""
+    if value is None or value == "":
+        return
+    if column == LABEL_KEY and isinstance(value, str):
+        meta[LABEL_KEY] = value
+        return
+    if column not in (*SCHEMA_OBJECTS, *SCHEMA_LISTS, "attributes"):
+        meta.setdefault("attributes", {})[column] = value
+        return
+    if isinstance(value, str):  # a CSV cell holds JSON text; a string that is not is refused below
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    if column in SCHEMA_LISTS:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError(origin, f"column {column!r} must hold a list of strings (JSON text in a CSV cell)")
+        meta[column] = value
+    elif not isinstance(value, Mapping):
+        raise InputError(origin, f"column {column!r} must hold a JSON object (JSON text in a CSV cell), "
+                                 f"not a {type(value).__name__}")
+    elif column == "attributes":  # the row's own columns win over the same name in the object
+        attributes = meta.setdefault("attributes", {})
+        for name, item in value.items():
+            attributes.setdefault(str(name), item)
+    else:
+        meta[column] = dict(value)
+
+
 def _manifest_row(manifest: Path, index: int, line: int, record: Any, keys: Mapping[str, tuple[str, ...]],
-                  seen: dict[str, int], report: ConversionReport) -> SampleRow:
+                  seen: dict[str, int], report: ConversionReport, label: str | None = None) -> SampleRow:
     """The row of one manifest record; raises (anything) when the whole row cannot be used."""
     origin = f"{manifest}:{line}"
     if isinstance(record, BaseException):
@@ -375,7 +465,7 @@ def _manifest_row(manifest: Path, index: int, line: int, record: Any, keys: Mapp
             continue
         modality = TEXT if column == TEXT_FILE and TEXT in keys and TEXT_FILE not in keys else column
         if modality not in keys:
-            row.meta[column] = value
+            _meta_column(row.meta, str(column), value, origin)
             continue
         if value is None or value == "":
             continue
@@ -393,19 +483,29 @@ def _manifest_row(manifest: Path, index: int, line: int, record: Any, keys: Mapp
             report.skip(path, key, modality, f"unknown format for {modality} (.{path.suffix.lstrip('.')})", row=line)
             continue
         row.members[modality] = (str(path), member, None)
+    if label is not None:
+        if label not in row.meta.get("attributes", {}):
+            raise InputError(origin, f"no label: the {label!r} column (--label-column) is empty")
+        row.meta[LABEL_KEY] = label
     seen[key] = line  # only a row that is used claims its key
     return row
 
 
-def _manifest_rows(manifest: Path, keys: Mapping[str, tuple[str, ...]], report: ConversionReport) -> list[SampleRow]:
+def _manifest_rows(manifest: Path, keys: Mapping[str, tuple[str, ...]], report: ConversionReport,
+                   label: str | None = None) -> list[SampleRow]:
     rows = []
     seen: dict[str, int] = {}
+    columns: set[str] = set()
     for index, (line, record) in enumerate(_read_manifest(manifest)):
+        if isinstance(record, Mapping):
+            columns.update(str(c) for c in record)
         try:
-            rows.append(_manifest_row(manifest, index, line, record, keys, seen, report))
+            rows.append(_manifest_row(manifest, index, line, record, keys, seen, report, label))
         except Exception as err:  # any error from one row: that row is reported, the others converted
             key = str(record.get("key") or "") if isinstance(record, Mapping) else ""
             report.skip(f"{manifest}:{line}", key, None, _reason(err), sample=True, row=line)
+    if label is not None and not rows and columns and label not in columns:
+        raise InputError(manifest, f"--label-column {label!r}: no such column (columns: {', '.join(sorted(columns))})")
     return rows
 
 
@@ -507,7 +607,7 @@ def _validated(rows: list[SampleRow], processors: Mapping[str, Any] | None, name
 
 
 # ---------------------------------------------------------------------------------------- conversion
-def _write_report(out_dir: Path, report: ConversionReport) -> None:
+def write_report(out_dir: Path, report: ConversionReport) -> None:
     tmp = out_dir / f".{REPORT}.writing-{os.getpid()}"
     tmp.write_text(json.dumps(asdict(report), indent=2))
     os.replace(tmp, out_dir / REPORT)
@@ -561,6 +661,8 @@ def convert_to_shards(
     overwrite: bool = False,
     progress: bool = True,
     max_file_bytes: int = MAX_FILE_BYTES,
+    label_from_folder: bool = False,
+    label_column: str | None = None,
 ) -> ConversionReport:
     """Convert a folder or a CSV/JSONL manifest into validated shards, a manifest and a report.
 
@@ -578,6 +680,9 @@ def convert_to_shards(
             folder that already holds shards or a manifest is refused.
         progress: show a tqdm bar.
         max_file_bytes: larger files are skipped unread (reported as too large).
+        label_from_folder: (a folder) the first folder below ``source`` is the sample's label.
+        label_column: (a manifest) the column that is the category; (a folder, with
+            ``label_from_folder``) the attribute the folder names go into (default ``category``).
 
     Returns:
         The :class:`ConversionReport` (also in ``out_dir/report.json``).
@@ -586,21 +691,135 @@ def convert_to_shards(
         FileNotFoundError: ``source`` does not exist.
         PlanMismatchError: (a ``FileExistsError``) ``out_dir`` already holds a dataset and
             ``overwrite`` is False, or ``.tar`` files no previous conversion made.
-        InputError: the manifest itself cannot be read (a row that cannot is reported, not raised).
+        InputError: the manifest itself cannot be read (a row that cannot is reported, not raised),
+            or it has no ``label_column``.
+        ValueError: label options that do not fit the source (see :func:`convert_to_splits`).
     """
-    source, out_dir = Path(source), Path(out_dir)
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such folder or manifest")
-    keys = member_keys(processors)
+    out_dir = Path(out_dir)
     report = ConversionReport(out_dir=str(out_dir))
-    if source.is_dir():
-        exclude = out_dir.resolve() if out_dir.resolve() != source.resolve() else None
-        rows = _folder_rows(source, keys, exclude, report)
-    else:
-        rows = _manifest_rows(source, keys, report)
+    rows, label = _source_rows(source, out_dir, report, processors, label_from_folder, label_column)
+    report.label_attribute = label or ""
     return write_rows(rows, out_dir, report=report, source=str(source), shard_size=shard_size, workers=workers,
                       prefix=prefix, processors=processors, overwrite=overwrite, progress=progress,
                       max_file_bytes=max_file_bytes)
+
+
+def _source_rows(source: str | os.PathLike[str], out_dir: Path, report: ConversionReport,
+                 processors: Mapping[str, Any] | None, label_from_folder: bool,
+                 label_column: str | None) -> tuple[list[SampleRow], str | None]:
+    """The rows of a folder or manifest, and the label attribute (None without one)."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such folder or manifest")
+    keys = member_keys(processors)
+    if label_column is not None and (not label_column or label_column in keys or label_column == "key"):
+        raise ValueError(f"--label-column {label_column!r}: "
+                         + ("a modality's column holds files, not labels" if label_column else "empty name"))
+    if source.is_dir():
+        if label_column is not None and not label_from_folder:
+            raise ValueError("--label-column names a manifest's column; a folder's labels come from "
+                             "--label-from-folder (--label-column then names their attribute)")
+        label = (label_column or DEFAULT_LABEL) if label_from_folder else None
+        exclude = out_dir.resolve() if out_dir.resolve() != source.resolve() else None
+        return _folder_rows(source, keys, exclude, report, label), label
+    if label_from_folder:
+        raise ValueError(f"--label-from-folder: {source} is a manifest, not a folder; name its label column "
+                         "with --label-column")
+    return _manifest_rows(source, keys, report, label_column), label_column
+
+
+def _label_value(row: SampleRow) -> str | None:
+    """The row's value of its label attribute, as a string (None without a label)."""
+    meta = row.meta or {}
+    label = meta.get(LABEL_KEY)
+    attributes = meta.get("attributes")
+    if not isinstance(label, str) or not isinstance(attributes, Mapping) or label not in attributes:
+        return None
+    return str(attributes[label])
+
+
+def _key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+
+
+def split_rows(rows: Sequence[SampleRow], test_fraction: float) -> dict[str, list[SampleRow]]:
+    """``{"train": rows, "test": rows}``: a deterministic split by the hash of each key, stratified by label.
+
+    Rows are grouped by the value of their label (``meta["label_attribute"]``; one group without
+    labels) and ranked within their group by the SHA-256 of their key. Ordered by
+    ``(rank + 0.5) / group size``, then by that hash, the first ``round(test_fraction * N)`` rows
+    (at least 1 and at most ``N - 1`` when ``N >= 2``) go to the test split. Each split keeps the
+    rows' input order.
+
+    Raises:
+        ValueError: ``test_fraction`` is not strictly between 0 and 1.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    groups: dict[str | None, list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(_label_value(row), []).append(index)
+    order = []
+    for members in groups.values():
+        ranked = sorted(members, key=lambda i: (_key_hash(rows[i].key), rows[i].key))
+        order += [((rank + 0.5) / len(ranked), _key_hash(rows[i].key), rows[i].key, i)
+                  for rank, i in enumerate(ranked)]
+    total = len(rows)
+    count = math.floor(test_fraction * total + 0.5)
+    if total >= 2:
+        count = min(max(count, 1), total - 1)
+    test = {i for *_, i in sorted(order)[:count]}
+    return {"train": [r for i, r in enumerate(rows) if i not in test],
+            "test": [r for i, r in enumerate(rows) if i in test]}
+
+
+def convert_to_splits(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    test_fraction: float,
+    shard_size: int = 1000,
+    workers: int = 1,
+    prefix: str = "data",
+    processors: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    label_from_folder: bool = False,
+    label_column: str | None = None,
+) -> dict[str, ConversionReport]:
+    """:func:`convert_to_shards` into ``out_dir/train`` and ``out_dir/test``, split by :func:`split_rows`.
+
+    What reading the source skipped is reported in the train split's ``report.json``. Both
+    folders are checked (``overwrite``) before anything is written. Each split's
+    ``manifest.json`` records the split under ``split``.
+
+    Returns:
+        ``{"train": report, "test": report}``.
+
+    Raises:
+        ValueError: ``test_fraction`` not in (0, 1); ``label_from_folder`` with a manifest;
+            ``label_column`` with a folder but without ``label_from_folder``, or naming a modality.
+        FileNotFoundError, PlanMismatchError, InputError: as :func:`convert_to_shards`.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    out_dir = Path(out_dir)
+    read = ConversionReport(out_dir=str(out_dir / SPLITS[0]))
+    rows, label = _source_rows(source, out_dir, read, processors, label_from_folder, label_column)
+    for split in SPLITS:
+        if (out_dir / split).is_dir():
+            _previous_dataset(out_dir / split, prefix, overwrite)
+    reports = {}
+    for split, mine in split_rows(rows, test_fraction).items():
+        report = read if split == SPLITS[0] else ConversionReport(out_dir=str(out_dir / split))
+        report.label_attribute = label or ""
+        record = {"name": split, "test_fraction": test_fraction, "rule": "sha256 of the sample key, "
+                  + (f"stratified by {label}" if label else "no label")}
+        reports[split] = write_rows(mine, out_dir / split, report=report, source=str(source), shard_size=shard_size,
+                                    workers=workers, prefix=prefix, processors=processors, overwrite=overwrite,
+                                    progress=progress, max_file_bytes=max_file_bytes, manifest_extra={"split": record})
+    return reports
 
 
 def member_keys(processors: Mapping[str, Any] | None = None) -> dict[str, tuple[str, ...]]:
@@ -627,6 +846,7 @@ def write_rows(
     progress: bool = True,
     max_file_bytes: int = MAX_FILE_BYTES,
     created_by: str = "anchorbind shards",
+    manifest_extra: Mapping[str, Any] | None = None,
 ) -> ConversionReport:
     """Validate ``rows`` (files decoded by their modality's processor), write shards, ``manifest.json`` and
     ``report.json`` into ``out_dir``: the second half of :func:`convert_to_shards`, for any source of rows
@@ -637,6 +857,7 @@ def write_rows(
         report: a report already holding what reading the source skipped (a new one otherwise).
         source: what the rows were read from, recorded in the manifest.
         created_by: the manifest's ``created_by``.
+        manifest_extra: more top-level fields of ``manifest.json`` (e.g. ``split``).
         shard_size, workers, prefix, processors, overwrite, progress, max_file_bytes: as
             :func:`convert_to_shards`.
 
@@ -667,8 +888,11 @@ def write_rows(
                     report.skip(problem["source"], problem["key"], problem["modality"], problem["reason"],
                                 row=row.line)
                 present = [m for m, (_, member, _) in row.members.items() if member in sample]
-                if not present:
+                lost = [m for m in row.required if m not in present]
+                if not present or lost:
                     reason = ("no valid file" if row.members else "no file of a known modality")
+                    if lost and present:
+                        reason = f"its {', '.join(lost)} could not be read (required)"
                     report.skip(row.origin if row.line is not None else row.key, row.key, None, reason, sample=True,
                                 row=row.line)
                     continue
@@ -681,6 +905,9 @@ def write_rows(
                 report.samples_written += 1
                 for modality in present:
                     counts[modality] = counts.get(modality, 0) + 1
+                value = _label_value(row)
+                if value is not None:
+                    report.labels[value] = report.labels.get(value, 0) + 1
             bar.close()
         entries = [finish_entry(e) for e in sink.entries]
         if entries:
@@ -698,7 +925,8 @@ def write_rows(
         shutil.rmtree(staging, ignore_errors=True)
     report.modalities = dict(sorted(counts.items()))
     report.shards = [e["name"] for e in entries]
+    report.labels = dict(sorted(report.labels.items()))
     if entries:
-        write_manifest(out_dir, entries, created_by=created_by, source=source)
-    _write_report(out_dir, report)
+        write_manifest(out_dir, entries, created_by=created_by, source=source, **dict(manifest_extra or {}))
+    write_report(out_dir, report)
     return report
