@@ -139,8 +139,12 @@ def _torch_load_weights_only(path: Path, name: str) -> Any:
             f"checkpoint {name}: unreadable with torch.load(weights_only=True): not a PyTorch checkpoint, "
             f"or it pickles objects that are refused for safety ({detail})"
         ) from None
-    except Exception as err:  # corrupt zip, truncated file, EOF ...
-        raise CheckpointError(f"checkpoint {name}: unreadable ({type(err).__name__}: {err})") from None
+    except Exception as err:  # corrupt zip, truncated file, EOF, random bytes read as a legacy pickle ...
+        import zipfile
+
+        what = ("a damaged PyTorch checkpoint" if zipfile.is_zipfile(path)
+                else "not a PyTorch checkpoint (neither a zip archive nor a readable legacy pickle)")
+        raise CheckpointError(f"checkpoint {name}: unreadable, {what} ({type(err).__name__}: {err})") from None
 
 
 def _is_counter(key: str) -> bool:
