@@ -41,6 +41,7 @@ and register it with ``@register_modality`` or an entry point in the group
 from __future__ import annotations
 
 import dataclasses
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,10 +52,13 @@ from torch import nn
 
 from anchorbind.adapters import add_lora_adapters, freeze
 from anchorbind.config import config_to_dict, from_dict
+from anchorbind.errors import ConfigError
 from anchorbind.heads import LogitScale, ProjectionHead, l2_normalize
 from anchorbind.processor import InputSource, Processor, move_to_device, read_bytes
 
 __all__ = ["InputSource", "ModalityPlugin", "PluginConfig", "Processor", "move_to_device", "read_bytes"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,6 +182,7 @@ class ModalityPlugin(nn.Module, ABC):
             config.logit_scale_init, config.logit_scale_learnable, config.logit_scale_max
         )
         self._apply_tuning()
+        self._apply_gradient_checkpointing()
 
     # ----------------------------------------------------------------- tuning
     def _apply_tuning(self) -> None:
@@ -199,11 +204,70 @@ class ModalityPlugin(nn.Module, ABC):
         return "the trunk"
 
     def train(self, mode: bool = True) -> ModalityPlugin:
-        """Like ``nn.Module.train``, but a frozen trunk stays in eval mode (its dropout and drop path off)."""
+        """Like ``nn.Module.train``, but a frozen trunk stays in eval mode (its dropout and drop path off),
+        and gradient checkpointing (``config.gradient_checkpointing``) is on in training mode only."""
         super().train(mode)
         if getattr(self.config, "tuning", "full") == "frozen":
             self.trunk.eval()
+        if getattr(self, "_gradient_checkpointing", False):
+            self.set_gradient_checkpointing(mode)
         return self
+
+    # ----------------------------------------------------------------- gradient checkpointing
+    def _apply_gradient_checkpointing(self) -> None:
+        """Switch the trunk's gradient checkpointing on when ``config.gradient_checkpointing`` says so.
+
+        Plugins whose config has no such field (not a :class:`~anchorbind.tuning.TunableConfig`)
+        never checkpoint. A frozen trunk keeps no activations for backward (nothing in it requires
+        grad), so there the switch changes nothing: it is left off, and the log says so.
+        """
+        self._gradient_checkpointing = bool(getattr(self.config, "gradient_checkpointing", False))
+        if self._gradient_checkpointing and getattr(self.config, "tuning", "full") == "frozen":
+            logger.info("modalities.%s.gradient_checkpointing: the trunk is frozen and keeps no activations for "
+                        "backward; nothing to checkpoint (it applies to tuning: full or lora)", self.name)
+            self._gradient_checkpointing = False
+        if self._gradient_checkpointing:
+            self.set_gradient_checkpointing(self.training)
+
+    def set_gradient_checkpointing(self, enable: bool) -> None:
+        """Turn the trunk's activation checkpointing on (training) or off (evaluation, export).
+
+        With it on, the trunk's blocks keep only their inputs in the forward pass and recompute
+        their activations during backward (``torch.utils.checkpoint``, non-reentrant): about one
+        extra trunk forward per step for activation memory that no longer grows with depth. The
+        default drives the trunk's own switch: timm's ``set_grad_checkpointing(enable)``, or for a
+        transformers model ``activation_checkpointing_enable`` (``gradient_checkpointing_enable``
+        before transformers 5), switched on once since transformers checkpoints in training mode
+        only. Override it for a trunk with neither.
+
+        Raises:
+            ConfigError: the trunk has no checkpointing switch, or says it does not support one.
+        """
+        trunk = self.trunk
+        timm_switch = getattr(trunk, "set_grad_checkpointing", None)
+        if callable(timm_switch):
+            timm_switch(enable)
+            return
+        supported = getattr(trunk, "supports_gradient_checkpointing", None)
+        if supported is None:
+            raise ConfigError(
+                f"modalities.{self.name}.gradient_checkpointing: {self.trunk_description()} "
+                f"({type(trunk).__name__}) has no gradient checkpointing switch (timm's set_grad_checkpointing or "
+                f"transformers' gradient_checkpointing_enable); set it to false, or override "
+                f"{type(self).__name__}.set_gradient_checkpointing")
+        if not supported:
+            raise ConfigError(f"modalities.{self.name}.gradient_checkpointing: {self.trunk_description()} "
+                              f"({type(trunk).__name__}) does not support gradient checkpointing; set it to false")
+        if enable and not getattr(self, "_transformers_checkpointing_on", False):
+            # non-reentrant: LoRA adapters on frozen weights get gradients without inputs that require grad
+            options = {"use_reentrant": False}
+            if callable(getattr(trunk, "activation_checkpointing_enable", None)):
+                trunk.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+            else:
+                trunk.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+            if getattr(getattr(trunk, "config", None), "use_cache", False):
+                trunk.config.use_cache = False  # a KV cache and recomputation exclude each other (else: a warning)
+            self._transformers_checkpointing_on = True
 
     def trunk_rebuilt_from_config(self) -> bool:
         """Whether building the plugin from its config alone restores its trunk's frozen weights.

@@ -30,6 +30,12 @@ class TunableConfig(PluginConfig):
         lora_dropout: dropout on the LoRA branch's input.
         lora_target_modules: names of the linear layers that get adapters (the last component
             of a module's name, e.g. ``qkv`` for every timm attention projection).
+        gradient_checkpointing: recompute the trunk's activations during backward instead of
+            keeping them (timm's ``set_grad_checkpointing``, transformers'
+            ``gradient_checkpointing_enable``; :meth:`~anchorbind.plugin.ModalityPlugin.set_gradient_checkpointing`):
+            activation memory for ImageBind-size trunks at about one extra trunk forward per
+            step, same loss and gradients. Training mode only; with ``tuning: frozen`` there is
+            nothing to checkpoint and it is left off (the log says so).
     """
 
     tuning: str = "full"
@@ -37,6 +43,7 @@ class TunableConfig(PluginConfig):
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["qkv"])
+    gradient_checkpointing: bool = False
 
 
 def tuning_problems(config: TunableConfig) -> Iterator[str]:

@@ -15,7 +15,11 @@ modalities the data holds, by the members that carry them (each processor's ``sa
   them all costs a sample or two; it never reads past ``lookahead`` samples, so a large or
   endless stream cannot hold training up. A modality first seen after ``lookahead`` samples is
   reported as absent (:attr:`DataInventory.complete` is False, and the report says how far it
-  looked). Shards that cannot be opened are passed over here; the loader reports them.
+  looked). Shards that cannot be opened are passed over here; the loader reports them. A URL is
+  read once, with a read timeout (``stream``; the trainer passes ``data.read_timeout_s``, else
+  ``data.batch_timeout_s``; :data:`LOOKAHEAD_STREAM` by default), and the look-ahead gives up after
+  :data:`MAX_UNREADABLE` unreadable shards, so a stalled or dead server cannot hold training up
+  here either.
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import webdataset as wds
-
 from anchorbind.data.shardlist import MANIFEST, expand_shards, is_url
+from anchorbind.data.streaming import StreamOptions, shard_samples
 
 __all__ = ["DEFAULT_LOOKAHEAD", "DataInventory", "data_modalities"]
 
 DEFAULT_LOOKAHEAD = 1000
 """Samples looked at, at most, when no manifest lists the shards."""
+LOOKAHEAD_STREAM = StreamOptions(read_timeout_s=60.0, retries=0)
+"""How a URL is read for the look-ahead: one attempt; no byte for 60 s gives it up."""
+MAX_UNREADABLE = 3
+"""The look-ahead stops after this many unreadable shards (the loader reports them)."""
 
 _MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 """webdataset's rule: a member's sample key is its path up to the first dot of the file name, the
@@ -137,7 +144,7 @@ def _local_samples(url: str, unreadable: list[str]) -> Iterator[set[str]]:
         yield members
 
 
-def _streamed_samples(url: str, unreadable: list[str]) -> Iterator[set[str]]:
+def _streamed_samples(url: str, unreadable: list[str], stream: StreamOptions) -> Iterator[set[str]]:
     """The member names of each sample of a shard that webdataset streams (a URL)."""
     failed: list[Exception] = []
 
@@ -146,9 +153,9 @@ def _streamed_samples(url: str, unreadable: list[str]) -> Iterator[set[str]]:
         return True
 
     try:
-        for sample in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=note)):
+        for _, sample in shard_samples(url, stream, handler=note):
             yield {k for k in sample if not k.startswith("__")}
-    except Exception:  # any failure to open a URL: the loader reports it with its own counts
+    except Exception:  # ShardUnreadable, or any failure of a URL: the loader reports it with its own counts
         failed.append(RuntimeError(url))
     if failed:
         unreadable.append(url)
@@ -159,6 +166,7 @@ def data_modalities(
     readers: Mapping[str, Sequence[str]],
     *,
     lookahead: int = DEFAULT_LOOKAHEAD,
+    stream: StreamOptions = LOOKAHEAD_STREAM,
 ) -> DataInventory:
     """How many samples of ``shards`` carry each modality of ``readers`` (module docstring).
 
@@ -166,6 +174,7 @@ def data_modalities(
         shards: a shard spec or list (:func:`~anchorbind.data.shardlist.expand_shards`).
         readers: ``{modality: member extensions it reads}``, e.g. each processor's ``sample_keys``.
         lookahead: at most this many samples are read when no manifest lists the shards.
+        stream: how URLs are read for the look-ahead (timeouts; retries make it slower, not surer).
 
     Raises:
         FileNotFoundError: the spec names no shard.
@@ -186,7 +195,7 @@ def data_modalities(
     found = {name: 0 for name in readers}
     seen, unreadable = 0, []
     for url in urls:
-        samples = _streamed_samples(url, unreadable) if is_url(url) else _local_samples(url, unreadable)
+        samples = _streamed_samples(url, unreadable, stream) if is_url(url) else _local_samples(url, unreadable)
         for members in samples:
             seen += 1
             for name, keys in readers.items():
@@ -195,4 +204,6 @@ def data_modalities(
             if seen >= lookahead or all(found.values()):
                 samples.close()
                 return DataInventory(found, seen, "lookahead", False, lookahead, unreadable)
+        if len(unreadable) >= MAX_UNREADABLE:
+            return DataInventory(found, seen, "lookahead", False, lookahead, unreadable)
     return DataInventory(found, seen, "lookahead", True, lookahead, unreadable)

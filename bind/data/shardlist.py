@@ -9,24 +9,35 @@ Accepted specs (also as a list mixing them):
 - any URL webdataset opens: ``pipe:`` commands, ``http(s)://``, and object stores through
   ``pipe:`` (``pipe:aws s3 cp s3://bucket/train-000000.tar -``), so the same config streams from
   disk or from a bucket. Remote URLs are not checked here; a failure to open one is reported by
-  the loader like any other broken shard.
+  the loader like any other broken shard (after its retries: :mod:`anchorbind.data.streaming`).
+
+How many samples each shard holds (:func:`shard_sizes`) decides how the loader splits an epoch
+(:mod:`anchorbind.data.sampler`): it comes from the ``manifest.json`` beside the shards (for
+``http(s)://`` shards, fetched from the same folder), else from the tar headers of local files.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
+import posixpath
 import re
 import tarfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
 import torch
-import webdataset as wds
 from webdataset.shardlists import expand_urls
 
-__all__ = ["MANIFEST", "count_samples", "expand_shards", "is_url", "iter_shard", "rank_and_world"]
+from anchorbind.data.streaming import SourceError, StreamOptions, fetch_bytes, sample_offsets, shard_samples
+
+__all__ = ["MANIFEST", "count_samples", "expand_shards", "is_url", "iter_shard", "rank_and_world", "shard_sizes"]
+
+log = logging.getLogger("anchorbind.data")
 
 _GLOB_CHARS = ("*", "?", "[")
 
@@ -89,13 +100,20 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def iter_shard(url: str | Path) -> Iterator[dict]:
+def _reraise(exn: Exception) -> bool:
+    raise exn
+
+
+def iter_shard(url: str | Path, options: StreamOptions | None = None) -> Iterator[dict]:
     """Every raw sample of one shard, in order, whatever the process group (no node splitting).
 
     A corrupt or truncated tar raises (webdataset's default handler): callers that rewrite a shard
-    must not mistake a readable prefix for the whole shard.
+    must not mistake a readable prefix for the whole shard. URLs are read with the timeouts and
+    retries of ``options`` (:mod:`anchorbind.data.streaming`); a shard that cannot be read raises
+    :class:`~anchorbind.data.streaming.ShardUnreadable` (an ``OSError``).
     """
-    yield from wds.DataPipeline(wds.SimpleShardList([str(url)]), wds.tarfile_to_samples())
+    for _, sample in shard_samples(str(url), options, handler=_reraise):
+        yield sample
 
 
 def _manifest_counts(folder: Path) -> dict[str, int]:
@@ -151,3 +169,64 @@ def count_samples(urls: Sequence[str], *, at_least: int | None = None) -> int | 
         if at_least is not None and total >= at_least:
             break
     return total
+
+
+def _remote_manifest_counts(url: str, options: StreamOptions | None,
+                            fetched: dict[str, dict[str, int] | None]) -> int | None:
+    """Samples of an ``http(s)`` shard from the ``manifest.json`` in its folder; None when not listed."""
+    parsed = urlparse(url)
+    folder = posixpath.dirname(parsed.path)
+    manifest = urlunparse(parsed._replace(path=posixpath.join(folder, MANIFEST), query="", fragment=""))
+    if manifest not in fetched:
+        options = options or StreamOptions()
+        fetched[manifest] = None
+        for attempt in range(options.retries + 1):
+            try:
+                data = json.loads(fetch_bytes(manifest, options))
+                fetched[manifest] = {str(entry["name"]): int(entry["samples"]) for entry in data["shards"]}
+                break
+            except SourceError as err:
+                if err.permanent or attempt == options.retries:
+                    log.warning("no sample counts for %s (%s): epochs are split by whole shards", manifest, err.reason)
+                    break
+                time.sleep(options.delay(attempt))
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("no sample counts in %s (%s): epochs are split by whole shards", manifest, err)
+                break
+    counts = fetched[manifest]
+    return None if counts is None else counts.get(posixpath.basename(parsed.path))
+
+
+def shard_sizes(urls: Sequence[str], options: StreamOptions | None = None) -> list[int] | None:
+    """Samples in each shard, or None when any cannot be told without streaming it.
+
+    Local shards: the ``manifest.json`` beside them, else their tar headers (no member data is
+    read). ``http(s)://`` shards: the ``manifest.json`` in their folder on the server (read once per
+    folder, with the timeouts and retries of ``options``; none there, HTTP 404: unknown).
+    ``pipe:`` and other URLs: unknown.
+    """
+    local: dict[Path, dict[str, int]] = {}
+    remote: dict[str, dict[str, int] | None] = {}
+    sizes: list[int] = []
+    for url in urls:
+        scheme = urlparse(url).scheme
+        if url.startswith("pipe:"):
+            return None
+        if scheme in ("http", "https"):
+            count = _remote_manifest_counts(url, options, remote)
+        elif is_url(url):
+            return None
+        else:
+            path = Path(url)
+            if path.parent not in local:
+                local[path.parent] = _manifest_counts(path.parent)
+            count = local[path.parent].get(path.name)
+            if count is None:
+                try:
+                    count = len(sample_offsets(path))
+                except (OSError, tarfile.TarError):
+                    return None
+        if count is None:
+            return None
+        sizes.append(count)
+    return sizes

@@ -2,30 +2,44 @@
 
 Each stage takes an iterator and yields items. Shapes along the pipeline::
 
-    {"url"}                                    -- track_urls (remembers the shard being read)
-    {"url"}                                    -- wds.tarfile_to_samples
-    {"__key__", "__url__", member: bytes}       -- decode_samples
-    {"__key__", "__url__", "data": {modality: loaded}, "json", "anchor", "errors"}
+    (a ReaderPlan)                             -- read_planned (this worker's shards or segments,
+                                                  read through anchorbind.data.streaming)
+    {"__key__", "__url__", member: bytes,      -- shuffle_blocks (training: seeded block shuffle,
+     "__src__", "__seed__"} + epoch markers       positions)
+    {..., "__pos__"}                           -- decode_samples
+    {"__key__", "__url__", "data": {modality: loaded}, "json", "anchor", "errors", "__pos__"}
                                                -- batch_samples
     batches (format documented in anchorbind.data.loader)
 
-Nothing is dropped silently: every failure (a corrupt tar, a member a plugin refuses, a sample
-with nothing decodable) is recorded in the worker's :class:`ErrorLog` and rides along with the
-next batch that leaves the worker, so counts reach the main process even from DataLoader workers.
+Training streams carry epoch markers (``{"__epoch_start__": ...}``, ``{"__epoch_end__": ...}``):
+blocks and batches never span two epochs. Positions (:mod:`anchorbind.data.sampler`) ride with
+each sample and leave with each batch as ``batch["__position__"]``.
+
+Nothing is dropped silently: every failure (a shard given up after its retries, a corrupt tar, a
+member a plugin refuses, a sample with nothing decodable) is recorded in the worker's
+:class:`ErrorLog` and rides along with the next batch that leaves the worker, so counts reach the
+main process even from DataLoader workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
+import multiprocessing
 import random
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from anchorbind.data.sampler import epoch_order, mix_seed, reader_segments, start_position
+from anchorbind.data.streaming import ShardUnreadable, StreamOptions, shard_samples
 from anchorbind.errors import AnchorBindError, InputError
 from anchorbind.image_processor import IMAGE_SAMPLE_KEYS
 
@@ -34,14 +48,17 @@ __all__ = [
     "ANCHOR_KEY",
     "AnchorCacheMismatch",
     "ErrorLog",
+    "FailedShards",
     "LoaderInputError",
+    "ReaderPlan",
     "batch_samples",
     "collate_batch",
     "decode_samples",
-    "seeded_shuffle",
-    "split_by_rank",
-    "track_urls",
+    "read_planned",
+    "shuffle_blocks",
 ]
+
+log = logging.getLogger("anchorbind.data")
 
 ANCHOR_KEY = "anchor.npy"
 """Member holding a sample's cached anchor embedding: float16, shape ``(D,)``."""
@@ -63,10 +80,21 @@ class LoaderInputError(InputError):
 
     def __init__(self, source: Any, reason: str | None = None, modality: str | None = None) -> None:
         if reason is None:  # re-raised from a worker: the message already names key, url and reason
-            AnchorBindError.__init__(self, str(source))
-            self.source, self.reason, self.modality = None, str(source), None
+            text = _worker_message(str(source))
+            AnchorBindError.__init__(self, text)
+            self.source, self.reason, self.modality = None, text, None
             return
         super().__init__(source, reason, modality)
+
+
+def _worker_message(text: str) -> str:
+    """The original message of an error PyTorch re-raises from a DataLoader worker (it prepends
+    ``Caught X in DataLoader worker process N`` and the worker's traceback)."""
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name, _, message = last.partition(": ")
+    return message if message and name.endswith("Error") else text
 
 
 class ErrorLog:
@@ -120,27 +148,202 @@ def _tar_reason(exn: Exception) -> str:
     return f"unreadable shard or tar member ({type(exn).__name__}: {message})"
 
 
-def track_urls(src: Iterator[dict[str, Any]], *, errors: ErrorLog) -> Iterator[dict[str, Any]]:
-    """Remember the shard being opened, so tar errors (which carry no sample) can name it.
+class FailedShards:
+    """Shards given up after their retries, counted over every worker of one loader.
 
-    webdataset opens the next shard only after the previous one is exhausted, so the URL seen
-    last here is the one any tar error comes from.
+    The count is shared by the workers (a ``multiprocessing`` value created with the loader);
+    when it exceeds ``limit`` the worker that saw the last one raises, naming the shards it gave
+    up and the reasons. ``limit`` None: counted, never raised.
     """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._count = multiprocessing.get_context().Value("i", 0)
+        self.mine: list[str] = []
+
+    def add(self, url: str, reason: str) -> None:
+        with self._count.get_lock():
+            self._count.value += 1
+            total = self._count.value
+        self.mine.append(f"{url} ({reason})")
+        if self.limit is not None and total > self.limit:
+            raise LoaderInputError(
+                url,
+                f"{total} shards could not be read (more than data.max_failed_shards={self.limit}); gave up on: "
+                + "; ".join(self.mine[-5:]),
+            )
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)
+
+
+@dataclass(frozen=True)
+class ReaderPlan:
+    """What every DataLoader worker needs to find its own shards or segments (pickles small).
+
+    Attributes:
+        urls: every shard, in the order given.
+        sizes: samples per shard, or None when unknown (:mod:`anchorbind.data.sampler`).
+        sampling: ``epoch`` or ``resampled`` (training); None: evaluation (one pass, the order given,
+            shard ``i`` to rank ``i % world_size``, a rank's ``j``-th shard to worker ``j % workers``).
+        seed: seeds epoch orders, shuffle blocks and per-sample augmentation.
+        rank, world_size: this process and how many there are.
+        workers: readers per process (``max(num_workers, 1)``).
+        rotation: DataLoader worker ``i`` plays reader role ``(i + rotation) % workers`` (a resumed
+            loader's first batch must come from the role that was next).
+        batch_size, shuffle_block: batch and shuffle block sizes (training).
+        first_epoch, epochs: the epoch a fresh stream starts in; how many it yields (None: endless).
+        start: per-role positions to resume from (None: the start of ``first_epoch``).
+    """
+
+    urls: tuple[str, ...]
+    sizes: tuple[int, ...] | None
+    sampling: str | None
+    seed: int
+    rank: int
+    world_size: int
+    workers: int
+    rotation: int = 0
+    batch_size: int = 1
+    shuffle_block: int = 1
+    first_epoch: int = 0
+    epochs: int | None = None
+    start: tuple[dict[str, int], ...] | None = None
+
+    def role(self) -> int:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        return (worker + self.rotation) % self.workers
+
+
+def _read_segment(url: str, start: int, stop: int | None, *, options: StreamOptions, errors: ErrorLog,
+                  failed: FailedShards, raise_errors: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Samples ``[start, stop)`` of one shard; a shard given up is recorded (and counted) instead."""
+    errors.current_url = url
+    handler = errors.raise_tar_error if raise_errors else errors.tar_handler
+    try:
+        yield from shard_samples(url, options, start=start, stop=stop, handler=handler)
+    except ShardUnreadable as err:
+        if raise_errors:
+            raise LoaderInputError(url, f"unreadable shard ({err})") from None
+        log.warning("giving up shard %s", err)
+        errors.record(key=None, url=url, modality=None, reason=f"shard skipped: {err.reason} "
+                      f"({err.attempts} attempt{'s' if err.attempts != 1 else ''})")
+        failed.add(url, err.reason)
+        errors.failed()
+
+
+def read_planned(plan: ReaderPlan, *, options: StreamOptions, errors: ErrorLog, failed: FailedShards,
+                 raise_errors: bool) -> Iterator[dict[str, Any]]:
+    """The raw samples of this worker's share (``plan``), read robustly (:mod:`anchorbind.data.streaming`).
+
+    Evaluation: whole shards. Training: epoch after epoch, this reader's segments, each sample
+    tagged with ``__src__`` (epoch, segment, offset in segment) and ``__seed__`` (its augmentation
+    seed: a function of seed, epoch and the sample's place in the epoch's order, so the same
+    whatever the process and worker counts), between ``__epoch_start__`` / ``__epoch_end__`` markers.
+    """
+    read = {"options": options, "errors": errors, "failed": failed, "raise_errors": raise_errors}
+    role = plan.role()
+    if plan.sampling is None:
+        mine = [url for i, url in enumerate(plan.urls) if i % plan.world_size == plan.rank]
+        for url in mine[role::plan.workers]:
+            for _, sample in _read_segment(url, 0, None, **read):
+                yield sample
+        return
+    slot, slots = plan.rank * plan.workers + role, plan.world_size * plan.workers
+    position = plan.start[role] if plan.start is not None else start_position(plan.first_epoch)
+    epoch = position["epoch"]
+    last = None if plan.epochs is None else plan.first_epoch + plan.epochs
+    while last is None or epoch < last:
+        order = epoch_order(len(plan.urls), seed=plan.seed, epoch=epoch, sampling=plan.sampling)
+        try:
+            segments = reader_segments(order, plan.sizes, slot=slot, slots=slots, batch_size=plan.batch_size)
+        except ValueError:
+            if plan.sampling == "epoch":
+                raise  # every epoch holds the same samples: the loader checked the first
+            segments = []  # resampled: this epoch drew too few samples for a batch per reader (on every reader)
+        resuming = epoch == position["epoch"]
+        first = position["seg"] if resuming else 0
+        yield {"__epoch_start__": epoch, "role": role, "slot": slot,
+               "block": position["block"] if resuming else 0, "skip": position["taken"] if resuming else 0}
+        for index in range(first, len(segments)):
+            segment = segments[index]
+            skip = position["offset"] if resuming and index == first else 0
+            for number, sample in _read_segment(plan.urls[segment.shard], segment.start + skip, segment.stop, **read):
+                sample["__src__"] = (epoch, index, number - segment.start)
+                sample["__seed__"] = mix_seed(plan.seed, epoch, segment.order_index, number)
+                yield sample
+        yield {"__epoch_end__": epoch}
+        epoch += 1
+
+
+def shuffle_blocks(src: Iterator[dict[str, Any]], *, block_size: int, seed: int) -> Iterator[dict[str, Any]]:
+    """Shuffle each run of ``block_size`` samples (within an epoch) by a permutation seeded by
+    ``(seed, epoch, slot, block)``, and tag each sample with the reader's position after it.
+
+    The ``__epoch_start__`` marker says which block comes first and how many of its samples to
+    drop (a resumed reader: :mod:`anchorbind.data.sampler`, *Position*).
+    """
+    size = max(block_size, 1)
+    buffer: list[dict[str, Any]] = []
+    epoch = slot = role = block = skip = 0
+    begin = (0, 0)
+
+    def flush() -> Iterator[dict[str, Any]]:
+        nonlocal block, skip
+        if size > 1:
+            random.Random(mix_seed(seed, epoch, slot, block, 0xB10C)).shuffle(buffer)
+        for taken, sample in enumerate(buffer, 1):
+            if taken > skip:
+                sample["__pos__"] = {"role": role, "epoch": epoch, "block": block, "seg": begin[0],
+                                     "offset": begin[1], "taken": taken}
+                yield sample
+        buffer.clear()
+        block, skip = block + 1, 0
+
     for item in src:
-        errors.current_url = item["url"]
-        yield item
-
-
-def split_by_rank(src: Iterator[Any], *, rank: int, world_size: int) -> Iterator[Any]:
-    """Every ``world_size``-th shard starting at ``rank`` (``wds.split_by_node`` with a fixed rank).
-
-    The rank is read once in the process that builds the loader: DataLoader workers may not
-    see the process group (spawned workers never do), where ``wds.split_by_node`` would then
-    silently give every rank every shard.
-    """
-    for index, item in enumerate(src):
-        if index % world_size == rank:
+        if "__epoch_start__" in item:
+            epoch, slot, role, block, skip = (item["__epoch_start__"], item["slot"], item["role"], item["block"],
+                                              item["skip"])
+            continue
+        if "__epoch_end__" in item:
+            if buffer:
+                yield from flush()
             yield item
+            continue
+        if not buffer:
+            begin = item["__src__"][1:]
+        buffer.append(item)
+        if len(buffer) >= size:
+            yield from flush()
+    if buffer:
+        yield from flush()
+
+
+@contextlib.contextmanager
+def _sample_rng(seed: int | None, name: str) -> Iterator[None]:
+    """Seed ``random``, numpy and torch's CPU generator for one sample's ``name`` modality.
+
+    In a DataLoader worker the generators are the worker's own; in the calling process
+    (``num_workers=0``) their states are restored afterwards, so training's randomness is untouched.
+    """
+    if seed is None:
+        yield
+        return
+    seed = mix_seed(seed, zlib.crc32(name.encode()))
+    in_worker = torch.utils.data.get_worker_info() is not None
+    saved = None if in_worker else (random.getstate(), np.random.get_state(), torch.default_generator.get_state())
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.default_generator.set_state(saved[2])
 
 
 def _first_present(sample: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
@@ -168,10 +371,19 @@ def decode_samples(
     modality that fails is left out of that sample and recorded; a sample left with nothing is
     dropped and recorded. ``anchor_identity`` set means: read the cached anchor embedding and
     refuse it when another anchor computed it (always an exception: it is a configuration error).
+
+    Epoch markers pass through; a sample's ``__seed__`` seeds the random generators its
+    processors draw from (augmentation that does not depend on which worker decodes it), and its
+    ``__pos__`` is kept.
     """
     for sample in src:
+        if "__epoch_end__" in sample:
+            yield sample
+            continue
         key, url = sample.get("__key__"), sample.get("__url__")
         out: dict[str, Any] = {"__key__": key, "__url__": url, "data": {}, "json": None, "anchor": None}
+        if "__pos__" in sample:
+            out["__pos__"] = sample["__pos__"]
         if "json" in sample:
             try:
                 out["json"] = json.loads(sample["json"])
@@ -186,7 +398,8 @@ def decode_samples(
                 continue
             wanted += 1
             try:
-                out["data"][name] = processor.load(sample[member], train=train)
+                with _sample_rng(sample.get("__seed__"), name):
+                    out["data"][name] = processor.load(sample[member], train=train)
             except Exception as err:  # any failure of one file must not end a training run
                 if raise_errors:
                     raise LoaderInputError(f"{url}:{key}.{member}", _reason(err), name) from err
@@ -240,18 +453,11 @@ def _read_anchor_cache(sample: Mapping[str, Any], out: dict[str, Any], identity:
     return 1
 
 
-def seeded_shuffle(src: Iterator[Any], *, bufsize: int, seed: int) -> Iterator[Any]:
-    """A buffer shuffle whose RNG depends only on ``seed`` (the caller mixes in rank and worker)."""
-    rng = random.Random(seed)
-    buffer: list[Any] = []
-    for item in src:
-        buffer.append(item)
-        if len(buffer) >= bufsize:
-            index = rng.randrange(len(buffer))
-            buffer[index], buffer[-1] = buffer[-1], buffer[index]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
+def _collate(bucket: list[dict[str, Any]], processors: Mapping[str, Any], errors: ErrorLog) -> dict[str, Any]:
+    batch = collate_batch(bucket, processors, errors.drain())
+    if bucket and "__pos__" in bucket[-1]:
+        batch["__position__"] = bucket[-1]["__pos__"]  # the reader's position after this batch
+    return batch
 
 
 def batch_samples(
@@ -271,14 +477,23 @@ def batch_samples(
             tail) still reach the caller attached to the final batch; for finite streams. When a
             finite evaluation stream has failures but not one sample, an empty batch (``B == 0``)
             carries them.
+
+    A batch never spans two epochs: at an ``__epoch_end__`` marker an incomplete batch is dropped
+    (training; its samples' failures ride with the next batch). A training batch carries
+    ``__position__``, the reader's position after its last sample.
     """
     held: dict[str, Any] | None = None
     bucket: list[dict[str, Any]] = []
     for sample in src:
+        if "__epoch_end__" in sample:
+            if bucket and not partial:
+                errors.pending[:0] = [e for s in bucket for e in s["errors"]]
+                bucket = []
+            continue
         bucket.append(sample)
         if len(bucket) < batch_size:
             continue
-        batch = collate_batch(bucket, processors, errors.drain())
+        batch = _collate(bucket, processors, errors)
         bucket = []
         if not hold_last:
             yield batch
@@ -287,7 +502,7 @@ def batch_samples(
             yield held
         held = batch
     if bucket and partial:
-        batch = collate_batch(bucket, processors, errors.drain())
+        batch = _collate(bucket, processors, errors)
         if held is not None:
             yield held
         held = batch

@@ -10,6 +10,8 @@ section of ``metrics.json`` for every modality pair of a run by calling
 
 * :mod:`~anchorbind.evaluation.evaluate` -- ``anchorbind eval``: :class:`EvalConfig`, ``evaluate_run``
 * :mod:`~anchorbind.evaluation.extract` -- embed a split once (embeddings, native features, masks)
+* :mod:`~anchorbind.evaluation.processes` -- ``anchorbind eval`` under ``accelerate launch``: shares embedded
+  in every process, evaluated once by the main process
 * :mod:`~anchorbind.evaluation.shard_check` -- which modalities the shards carry, before embedding
 * :mod:`~anchorbind.evaluation.schema` -- the ground truth a sample's JSON carries
 * :mod:`~anchorbind.evaluation.pairs` -- trained / emergent / direct pair labels

@@ -29,13 +29,22 @@ import numpy as np
 import torch
 import yaml
 
-from anchorbind.errors import ConfigError, InputError, ModelFileError, UnknownModalityError
+from anchorbind.errors import (
+    AnchorBindError,
+    ConfigError,
+    InputError,
+    ModelFileError,
+    UnknownModalityError,
+    debug_enabled,
+    exit_code,
+)
 from anchorbind.evaluation.alignment import alignment_section
 from anchorbind.evaluation.arithmetic import arithmetic_section
 from anchorbind.evaluation.checkpoint_alignment import checkpoint_alignment
-from anchorbind.evaluation.extract import EmbeddingSet, extract_embeddings
+from anchorbind.evaluation.extract import EmbeddingSet, embed_share, extract_embeddings, merge_shares
 from anchorbind.evaluation.gap import gap_section
 from anchorbind.evaluation.groupwise import groupwise_section
+from anchorbind.evaluation.processes import EvalProcesses, launched_processes, launched_rank, one_process
 from anchorbind.evaluation.protocols import protocol_section
 from anchorbind.evaluation.retrieval import compare_with_direct, pair_retrieval
 from anchorbind.evaluation.schema import (
@@ -95,16 +104,40 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+Embedded = tuple[BindModel, dict[str, Any], EmbeddingSet, dict[str, int]]
+"""A run's model, its training config, its embeddings of the split and the modalities left out."""
+
+
+def _require_rows(shards: str, emb: EmbeddingSet) -> None:
+    if not emb.keys:
+        raise InputError(str(shards), f"no sample could be read ({len(emb.errors)} decode errors"
+                                      + (f", first: {emb.errors[0]}" if emb.errors else "") + ")")
+
+
 def _load_and_embed(run_dir: Path, shards: str, *, ignore: Sequence[str], batch_size: int, num_workers: int,
-                    device: torch.device) -> tuple[BindModel, dict[str, Any], EmbeddingSet, dict[str, int]]:
+                    device: torch.device) -> Embedded:
     config = _run_config(run_dir)
     model = _load_model(run_dir).to(device).eval()
     ignored = check_shards(shards, model.modalities, ignore=ignore, source=f"the model in {run_dir}")
     emb = extract_embeddings(model, shards, batch_size=batch_size, num_workers=num_workers)
-    if not emb.keys:
-        raise InputError(str(shards), f"no sample could be read ({len(emb.errors)} decode errors"
-                                      + (f", first: {emb.errors[0]}" if emb.errors else "") + ")")
+    _require_rows(shards, emb)
     return model, config, emb, ignored
+
+
+def _load_and_embed_together(processes: EvalProcesses, run_dir: Path, shards: str, *, ignore: Sequence[str],
+                             batch_size: int, num_workers: int, device: torch.device) -> Embedded | None:
+    """:func:`_load_and_embed` by every launched process: each loads the model and embeds its share
+    of the shards; the main process gets the whole split (None in the others). Every process
+    calls it; an error in any is raised in all. Empty splits are for the caller to refuse."""
+    config, model = processes.everywhere(lambda: (_run_config(run_dir), _load_model(run_dir).to(device).eval()))
+    ignored = processes.main_first(
+        lambda: check_shards(shards, model.modalities, ignore=ignore, source=f"the model in {run_dir}"))
+    share = processes.everywhere(lambda: embed_share(model, shards, batch_size=batch_size, num_workers=num_workers,
+                                                     progress=processes.is_main))
+    shares = processes.gather_on_main(share)
+    if shares is None:
+        return None
+    return model, config, merge_shares(shares), ignored or {}
 
 
 def _decode_errors(emb: EmbeddingSet) -> dict[str, Any]:
@@ -238,13 +271,20 @@ def _resolve_label(emb: EmbeddingSet, given: str | None, notes: list[str]) -> tu
 def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = None) -> dict[str, Any]:
     """Evaluate ``run_dir`` on ``shards``; writes ``metrics.json`` and the embeddings, returns the metrics.
 
+    Under a launcher (``accelerate launch``, ``torchrun``: ``WORLD_SIZE`` > 1) every process calls
+    it, once per launch (:mod:`anchorbind.evaluation.processes`): each embeds its share of the
+    shards for the run and each baseline, the main process gathers the shares and alone evaluates
+    the whole split and writes the files. Rows are in shard order either way, so the metrics equal
+    a single process's.
+
     Args:
         run_dir: a training run (``model/``, ``config.yaml``, ``checkpoints/``, ``train_log.csv``).
         shards: evaluation shards (directory, brace notation or URLs).
         config: how to evaluate (:class:`EvalConfig`; defaults when None).
 
     Returns:
-        The content of ``metrics.json``.
+        The content of ``metrics.json`` (under a launcher: in the main process; the others
+        return an empty dict).
 
     Raises:
         ModelFileError: ``run_dir`` (or a baseline / compare run) holds no trained model, or a
@@ -253,15 +293,47 @@ def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = N
             model has no plugin for (unless listed in ``ignore_modalities``), or carry none of
             the modalities the model's plugins embed.
     """
-    config = eval_config = config or EvalConfig()
+    config = config or EvalConfig()
+    if launched_processes() > 1:
+        return _evaluate_across_processes(Path(run_dir), shards, config)
+    return _evaluate(Path(run_dir), shards, config)
+
+
+def _evaluate_across_processes(run_dir: Path, shards: str, config: EvalConfig) -> dict[str, Any]:
+    """Every launched process embeds its share (run and baselines); the main process evaluates."""
+    processes = EvalProcesses()
+    device = processes.device if config.device in (None, "auto") else _resolve_device(config.device)
+    options = {"batch_size": config.batch_size, "num_workers": config.num_workers, "device": device}
+    try:
+        run = _load_and_embed_together(processes, run_dir, shards, ignore=config.ignore_modalities, **options)
+        # a baseline is a reference for the pairs it has: whatever else the shards carry is recorded
+        baselines = {base: _load_and_embed_together(processes, Path(base), shards, ignore=list(member_readers()),
+                                                    **options) for base in config.baselines}
+    finally:
+        processes.finish()  # the main process carries on alone; the others are done
+    if run is None:
+        return {}
+    with one_process():  # checkpoints and --compare runs: the main process reads every shard itself
+        return _evaluate(run_dir, shards, config, device=device, embedded=run,
+                         baselines_embedded={k: v for k, v in baselines.items() if v is not None})
+
+
+def _evaluate(run_dir: Path, shards: str, config: EvalConfig, *, device: torch.device | None = None,
+              embedded: Embedded | None = None, baselines_embedded: dict[str, Embedded] | None = None
+              ) -> dict[str, Any]:
+    """:func:`evaluate_run` in one process; ``embedded`` / ``baselines_embedded``: already embedded."""
+    eval_config = config
     baselines, compare = config.baselines, config.compare
     batch_size, num_workers, checkpoint_samples = config.batch_size, config.num_workers, config.checkpoint_samples
-    ignore_modalities, label_attribute, device = config.ignore_modalities, config.label_attribute, config.device
+    ignore_modalities, label_attribute = config.ignore_modalities, config.label_attribute
     config_protocol = config.protocol
-    run_dir = Path(run_dir)
-    device = _resolve_device(device)
-    model, config, emb, ignored = _load_and_embed(run_dir, shards, ignore=ignore_modalities, batch_size=batch_size,
-                                                  num_workers=num_workers, device=device)
+    device = _resolve_device(config.device) if device is None else device
+    baselines_embedded = baselines_embedded or {}
+    if embedded is None:
+        embedded = _load_and_embed(run_dir, shards, ignore=ignore_modalities, batch_size=batch_size,
+                                   num_workers=num_workers, device=device)
+    model, config, emb, ignored = embedded  # from here, config is the run's training config
+    _require_rows(shards, emb)
     emb.save(run_dir / EMBEDDINGS_FILE)
     loss_cfg = config.get("loss", {}) or {}
     notes: list[str] = []
@@ -286,10 +358,14 @@ def evaluate_run(run_dir: str | Path, shards: str, config: EvalConfig | None = N
     metrics["baselines"], metrics["emergent_vs_direct"] = {}, {}
     for base in baselines:
         base_dir = Path(base)
-        _, base_cfg, base_emb, base_ignored = _load_and_embed(
-            # a baseline is a reference for the pairs it has: whatever else the shards carry is recorded
-            base_dir, shards, ignore=list(member_readers()), batch_size=batch_size, num_workers=num_workers,
-            device=device)
+        if base in baselines_embedded:
+            _, base_cfg, base_emb, base_ignored = baselines_embedded[base]
+            _require_rows(shards, base_emb)
+        else:
+            _, base_cfg, base_emb, base_ignored = _load_and_embed(
+                # a baseline is a reference for the pairs it has: whatever else the shards carry is recorded
+                base_dir, shards, ignore=list(member_readers()), batch_size=batch_size, num_workers=num_workers,
+                device=device)
         base_retrieval = pair_retrieval(base_emb, base_cfg.get("loss", {}) or {}, label_attribute=label_attribute,
                                         device=device)
         metrics["baselines"][str(base_dir)] = {"retrieval": base_retrieval, "ignored_modalities": base_ignored,
@@ -436,9 +512,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         num_workers=args.num_workers, checkpoint_samples=args.checkpoint_samples,
                         ignore_modalities=args.ignore_modality, label_attribute=args.label_attribute,
                         device=args.device, protocol=args.protocol)
-    if args.model:
-        _adopt_model(args.model, args.run_dir)
-    metrics = evaluate_run(args.run_dir, args.shards, config)
+    main_process = launched_rank() == 0
+    try:
+        if args.model and launched_processes() > 1:  # the main process writes it, the others wait
+            EvalProcesses().main_first(lambda: _adopt_model(args.model, args.run_dir))
+        elif args.model:
+            _adopt_model(args.model, args.run_dir)
+        metrics = evaluate_run(args.run_dir, args.shards, config)
+    except AnchorBindError as err:
+        if not main_process and not debug_enabled():
+            return exit_code(err)  # under a launcher the main process reports it, once
+        raise
+    if not main_process:
+        return 0  # its share is with the main process, which writes metrics.json
     print(_levels_legend(metrics))
     width = max((len(k) for k in metrics["headline"]), default=10)
     for key, value in metrics["headline"].items():

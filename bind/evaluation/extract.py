@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from anchorbind.data.loader import build_loader
+from anchorbind.data.shardlist import expand_shards
 from anchorbind.model import BindModel
 from anchorbind.plugin import move_to_device
 from anchorbind.registry import ANCHOR_MODALITY
 
-__all__ = ["EmbeddingSet", "extract_embeddings"]
+__all__ = ["EmbeddingSet", "EmbeddingShare", "embed_share", "extract_embeddings", "merge_shares"]
 
 
 @dataclass
@@ -167,7 +169,151 @@ def _read_rows(path: Path, metadata: dict[str, str]) -> tuple[list[str], list[di
     return [row["key"] for row in rows], [row["meta"] for row in rows], json.loads(lines[0])["errors"]
 
 
+def _shard_indexer(urls: Sequence[str]) -> Callable[[str | None], int]:
+    """``url -> position of its shard in urls`` (``len(urls)`` when unknown). A URL the reader wrapped
+    (a ``pipe:`` command around it) is found by the shard it contains."""
+    first: dict[str, int] = {}
+    for index, url in enumerate(urls):
+        first.setdefault(str(url), index)
+    found: dict[str | None, int] = {}
+
+    def index_of(url: str | None) -> int:
+        if url not in found:
+            if url is None:
+                found[url] = len(urls)
+            elif url in first:
+                found[url] = first[url]
+            else:
+                inside = [(len(u), i) for u, i in first.items() if u in url]
+                found[url] = min(inside, key=lambda c: (-c[0], c[1]))[1] if inside else len(urls)
+        return found[url]
+
+    return index_of
+
+
+@dataclass
+class EmbeddingShare:
+    """The rows of a split that one process embedded (:func:`embed_share`), before they are merged.
+
+    Attributes:
+        rows: the rows, in the order this process's loader gave them.
+        shard_of_row: per row, the position of its shard in the split's shard list.
+        shard_of_error: per decode error, the same (``len(shard list)`` when it names no shard).
+    """
+
+    rows: EmbeddingSet
+    shard_of_row: list[int]
+    shard_of_error: list[int]
+
+
 @torch.inference_mode()
+def embed_share(
+    model: BindModel,
+    shards: str,
+    *,
+    batch_size: int = 128,
+    num_workers: int = 2,
+    max_samples: int | None = None,
+    progress: bool = True,
+) -> EmbeddingShare:
+    """Embed what the evaluation loader gives this process: the whole split in a single process,
+    this rank's shards in a process group (each sample to exactly one rank).
+
+    ``max_samples`` keeps the first that many rows in the loader's order. Merge shares with
+    :func:`merge_shares` (:func:`extract_embeddings` does both in one process).
+    """
+    model.eval()
+    processors = {name: model.processor(name) for name in model.modalities}  # no model: what workers get
+    index_of = _shard_indexer(expand_shards(shards))
+    loader = build_loader(shards, processors, train=False, batch_size=batch_size, num_workers=num_workers)
+    keys: list[str] = []
+    urls: list[str | None] = []
+    meta: list[dict[str, Any] | None] = []
+    errors: list[dict[str, Any]] = []
+    widths = {name: model.encoder(name).embed_dim if name == ANCHOR_MODALITY else model.encoder(name).trunk_dim
+              for name in model.modalities}
+    chunks: dict[str, dict[str, list[torch.Tensor]]] = {
+        m: {"emb": [torch.zeros(0, model.embed_dim)], "feat": [torch.zeros(0, widths[m])],
+            "mask": [torch.zeros(0, dtype=torch.bool)]} for m in model.modalities
+    }
+    for batch in tqdm(loader, desc="embed", disable=not progress, unit="batch"):
+        if max_samples is not None and len(keys) >= max_samples:
+            break
+        size = len(batch["__key__"])
+        keys.extend(batch["__key__"])
+        urls.extend(batch.get("__url__") or [None] * size)
+        meta.extend(batch.get("json") or [None] * size)
+        errors.extend(batch.get("errors", ()))
+        for name in model.modalities:
+            encoder = model.encoder(name)
+            mask = batch["mask"][name].bool() if name in batch else torch.zeros(size, dtype=torch.bool)
+            full_e, full_f = torch.zeros(size, model.embed_dim), torch.zeros(size, widths[name])
+            if mask.any():
+                inputs = move_to_device(batch[name], model.device)
+                idx = mask.nonzero().squeeze(1)
+                features, embeddings = encoder.forward_with_features(inputs)
+                full_f.index_copy_(0, idx, features.float().cpu())
+                full_e.index_copy_(0, idx, embeddings.float().cpu())
+            chunks[name]["emb"].append(full_e)
+            chunks[name]["feat"].append(full_f)
+            chunks[name]["mask"].append(mask.bool())
+    n = len(keys) if max_samples is None else min(len(keys), max_samples)
+    rows = EmbeddingSet(
+        keys=keys[:n],
+        embeddings={m: torch.cat(c["emb"])[:n] for m, c in chunks.items()},
+        features={m: torch.cat(c["feat"])[:n] for m, c in chunks.items()},
+        masks={m: torch.cat(c["mask"])[:n] for m, c in chunks.items()},
+        meta=meta[:n],
+        errors=errors,
+    )
+    return EmbeddingShare(rows=rows, shard_of_row=[index_of(u) for u in urls[:n]],
+                          shard_of_error=[index_of(e.get("url")) for e in errors])
+
+
+def merge_shares(shares: Sequence[EmbeddingShare]) -> EmbeddingSet:
+    """One :class:`EmbeddingSet` of the split from every process's share, in rank order.
+
+    Rows come in shard order (the split's shard list), each shard's rows in tar order: the same
+    rows in the same order whatever the number of processes and loader workers. A sample (shard
+    and key) that an earlier share already holds is left out, so a loader that pads a process's
+    share cannot count a sample twice; repeats within one share are kept, as they are in the
+    data. Decode errors are ordered by shard the same way.
+    """
+    if not shares:
+        raise ValueError("merge_shares: no share to merge")
+    order: list[tuple[int, int, int]] = []  # (shard, share, row)
+    taken: set[tuple[int, str]] = set()
+    for number, share in enumerate(shares):
+        mine: set[tuple[int, str]] = set()
+        for row, (shard, key) in enumerate(zip(share.shard_of_row, share.rows.keys, strict=True)):
+            if (shard, key) in taken:
+                continue
+            mine.add((shard, key))
+            order.append((shard, number, row))
+        taken |= mine
+    order.sort()
+    offsets = [0]
+    for share in shares:
+        offsets.append(offsets[-1] + len(share.rows.keys))
+    index = torch.tensor([offsets[number] + row for _, number, row in order], dtype=torch.long)
+    names = shares[0].rows.modalities
+
+    def joined(field_of: Callable[[EmbeddingSet], dict[str, torch.Tensor]], name: str) -> torch.Tensor:
+        return torch.cat([field_of(share.rows)[name] for share in shares]).index_select(0, index)
+
+    errors = sorted(((shard, number, i, error) for number, share in enumerate(shares)
+                     for i, (shard, error) in enumerate(zip(share.shard_of_error, share.rows.errors, strict=True))),
+                    key=lambda item: item[:3])
+    return EmbeddingSet(
+        keys=[shares[number].rows.keys[row] for _, number, row in order],
+        embeddings={m: joined(lambda e: e.embeddings, m) for m in names},
+        features={m: joined(lambda e: e.features, m) for m in names},
+        masks={m: joined(lambda e: e.masks, m) for m in names},
+        meta=[shares[number].rows.meta[row] for _, number, row in order],
+        errors=[error for *_, error in errors],
+    )
+
+
 def extract_embeddings(
     model: BindModel,
     shards: str,
@@ -180,44 +326,13 @@ def extract_embeddings(
     """Embed every sample of ``shards`` exactly once with every modality of ``model``.
 
     The anchor always runs live here (cached embeddings are a training shortcut; evaluation
-    also needs the anchor's trunk features). ``max_samples`` stops after that many samples (the
-    first ones, in the loader's deterministic order).
+    also needs the anchor's trunk features). Rows come in shard order, then tar order, whatever
+    ``num_workers`` (:func:`merge_shares`). ``max_samples`` keeps the first that many samples the
+    loader gives (its deterministic order), then orders them the same way.
+
+    In a process group the loader gives each process only its share: embed with
+    :func:`embed_share` in every process and merge the gathered shares with :func:`merge_shares`
+    (what ``anchorbind eval`` does under ``accelerate launch``).
     """
-    model.eval()
-    processors = {name: model.processor(name) for name in model.modalities}  # no model: what workers get
-    loader = build_loader(shards, processors, train=False, batch_size=batch_size, num_workers=num_workers)
-    keys: list[str] = []
-    meta: list[dict[str, Any] | None] = []
-    errors: list[dict[str, Any]] = []
-    chunks: dict[str, dict[str, list[torch.Tensor]]] = {
-        m: {"emb": [], "feat": [], "mask": []} for m in model.modalities
-    }
-    for batch in tqdm(loader, desc="embed", disable=not progress, unit="batch"):
-        if max_samples is not None and len(keys) >= max_samples:
-            break
-        size = len(batch["__key__"])
-        keys.extend(batch["__key__"])
-        meta.extend(batch.get("json") or [None] * size)
-        errors.extend(batch.get("errors", ()))
-        for name in model.modalities:
-            encoder = model.encoder(name)
-            mask = batch["mask"][name].bool() if name in batch else torch.zeros(size, dtype=torch.bool)
-            fwidth = encoder.embed_dim if name == ANCHOR_MODALITY else encoder.trunk_dim
-            full_e, full_f = torch.zeros(size, model.embed_dim), torch.zeros(size, fwidth)
-            if mask.any():
-                inputs = move_to_device(batch[name], model.device)
-                idx = mask.nonzero().squeeze(1)
-                features, embeddings = encoder.forward_with_features(inputs)
-                full_f.index_copy_(0, idx, features.float().cpu())
-                full_e.index_copy_(0, idx, embeddings.float().cpu())
-            chunks[name]["emb"].append(full_e)
-            chunks[name]["feat"].append(full_f)
-            chunks[name]["mask"].append(mask.bool())
-    return EmbeddingSet(
-        keys=keys,
-        embeddings={m: torch.cat(c["emb"]) for m, c in chunks.items()},
-        features={m: torch.cat(c["feat"]) for m, c in chunks.items()},
-        masks={m: torch.cat(c["mask"]) for m, c in chunks.items()},
-        meta=meta,
-        errors=errors,
-    )
+    return merge_shares([embed_share(model, shards, batch_size=batch_size, num_workers=num_workers,
+                                     max_samples=max_samples, progress=progress)])

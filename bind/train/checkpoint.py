@@ -12,6 +12,13 @@ The model part is only what training changes: ``bind_model/`` is ``BindModel.sav
 told not to save the wrapped model (which would also hold the frozen anchor and frozen backbones,
 ~17x the trainable weights). The frozen parts are rebuilt from the config, identically, by the
 resumed run. Everything is read back with safetensors or ``torch.load(weights_only=True)``.
+
+The data loader's position is saved beside them as ``loader_state.json`` (``LOADER_STATE_FILE``):
+``{"world_size": R, "ranks": [state of rank 0, ...]}``, each rank's
+:meth:`anchorbind.data.loader.ShardLoader.state_dict` (epoch, and per loader worker the shard
+segment, sample offset and shuffle block it stands at; :mod:`anchorbind.data.sampler`). Every rank
+reads its own entry back (:func:`loader_state_for`), so a resumed run continues the data stream
+exactly where the checkpoint was taken.
 """
 
 from __future__ import annotations
@@ -28,12 +35,15 @@ from safetensors.torch import load_file
 
 from anchorbind.errors import ModelFileError
 
-__all__ = ["MODEL_DIR", "latest_checkpoint", "load_checkpoint", "read_checkpoint_file", "save_checkpoint"]
+__all__ = ["LOADER_STATE_FILE", "MODEL_DIR", "latest_checkpoint", "load_checkpoint", "loader_state_for",
+           "read_checkpoint_file", "save_checkpoint"]
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step-"
 MODEL_DIR = "bind_model"
 """The checkpoint's model part: a loadable ``BindModel.save_pretrained`` folder."""
+LOADER_STATE_FILE = "loader_state.json"
+"""Every rank's data loader position (module docstring)."""
 
 
 def _skip_model_weights(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
@@ -134,3 +144,24 @@ def read_checkpoint_file(path: str | os.PathLike[str], name: str) -> Any:
         return json.loads((Path(path) / name).read_text())
     except (OSError, ValueError):
         return None
+
+
+def loader_state_for(saved: Any, rank: int, world_size: int) -> tuple[dict[str, Any] | None, int | None, str | None]:
+    """This rank's loader state from a checkpoint's ``loader_state.json`` (``saved``, as read).
+
+    Returns ``(state, epoch, note)``: ``state`` to continue exactly (None when it cannot be used);
+    otherwise ``epoch`` is where the data order restarts (the earliest epoch any rank was in, or
+    None: from the start) and ``note`` says why.
+    """
+    if saved is None:
+        return None, None, "the checkpoint holds no loader position (saved before positions were)"
+    try:
+        ranks = list(saved["ranks"])
+        epochs = [min(int(p["epoch"]) for p in state["positions"]) for state in ranks]
+        saved_world = int(saved["world_size"])
+    except (KeyError, TypeError, ValueError):
+        return None, None, "the checkpoint's loader position is unreadable"
+    if saved_world != world_size or len(ranks) != world_size:
+        return None, min(epochs), (f"the checkpoint was saved by {saved_world} processes, this run has {world_size}: "
+                                   "the position of each cannot be carried over")
+    return dict(ranks[rank]), min(epochs), None

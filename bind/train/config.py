@@ -17,7 +17,7 @@ from anchorbind.errors import ConfigError
 from anchorbind.losses.gap_regularizers import GapRegularizerConfig
 from anchorbind.model import ModelConfig
 
-__all__ = ["DataConfig", "LossConfig", "OptimConfig", "TrainConfig", "load_train_config"]
+__all__ = ["DataConfig", "LogConfig", "LossConfig", "OptimConfig", "TrainConfig", "load_train_config"]
 
 ANCHOR_SOURCES = ("auto", "cache", "live")
 MISSING_MODALITY_POLICIES = ("error", "ignore")
@@ -45,6 +45,19 @@ class DataConfig:
         modality_lookahead: without a ``manifest.json`` listing the training shards (URLs,
             hand-made shards), at most this many samples are read to find which modalities the
             data holds (``anchorbind.data.inventory``).
+        sampling: ``epoch`` (every sample once per epoch, a new shard order each epoch, split
+            by process and worker without overlap) or ``resampled`` (each epoch's shards drawn
+            with replacement); ``anchorbind.data.sampler``. Training stops at ``steps`` either way.
+        read_timeout_s: a shard read (``http(s)``, ``pipe:``, object stores) that gets no byte
+            for this long fails and is retried; null waits forever (``anchorbind.data.streaming``).
+        retries: attempts after a failed shard read (without progress) before the shard is
+            skipped and counted.
+        retry_backoff_s: the first delay before a retry; it doubles at each further retry (at
+            most 60 s).
+        max_failed_shards: shards each training process may skip (after their retries) before
+            training stops with an error naming them.
+        batch_timeout_s: a training process that waits longer than this for one batch stops with
+            an error (``anchorbind.train.watchdog``); null never.
     """
 
     train_shards: str = ""
@@ -55,18 +68,30 @@ class DataConfig:
     anchor: str = "auto"
     missing_modalities: str | list[str] = "error"
     modality_lookahead: int = 1000
+    sampling: str = "epoch"
+    read_timeout_s: float | None = 60.0
+    retries: int = 5
+    retry_backoff_s: float = 1.0
+    max_failed_shards: int = 10
+    batch_timeout_s: float | None = 600.0
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with a cosine schedule (weight decay skips norms, biases and logit scales)."""
+    """AdamW with a cosine schedule (weight decay skips norms, biases and logit scales).
+
+    ``grad_accum_steps``: micro-batches per optimizer step. ``None`` (the default): the
+    launcher's (``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``, e.g. from ``accelerate launch
+    --use_deepspeed --gradient_accumulation_steps N``), else 1. A number here wins over the
+    launcher, with a warning when they differ (``anchorbind.train.loop.accelerator_settings``).
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     warmup_steps: int = 50
-    grad_accum_steps: int = 1
+    grad_accum_steps: int | None = None
     grad_clip_norm: float | None = 1.0
 
 
@@ -91,6 +116,30 @@ class LossConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where the training scalars go (:class:`anchorbind.train.log.TrainLogger`).
+
+    ``output_dir/train_log.csv`` is always written (the evaluation report plots it); ``csv`` in
+    ``trackers`` names it, so ``trackers: []`` or ``[csv]`` logs to the CSV only.
+
+    Attributes:
+        trackers: accelerate trackers (``accelerate.tracking``) by name: ``tensorboard`` (the
+            default; events under ``output_dir/<project>``), ``wandb``, ``mlflow``, ``comet_ml``,
+            ``aim``, ``clearml``, ``dvclive``, ``swanlab``, ``trackio``, or a tracker registered
+            with ``accelerate.tracking.register_tracker_class``. An unknown name, or a tracker
+            whose package is not installed, is a config error.
+        project: the project name the trackers get (TensorBoard's folder in ``output_dir``,
+            the wandb / mlflow project or experiment).
+        init_kwargs: per-tracker keyword arguments for its run, e.g.
+            ``{wandb: {entity: my-team, name: run-1}}`` (accelerate's ``init_trackers``).
+    """
+
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "anchorbind"
+    init_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
 class TrainConfig:
     """A whole training run.
 
@@ -98,9 +147,17 @@ class TrainConfig:
         steps: optimizer steps (each consumes ``grad_accum_steps`` micro-batches per process).
         checkpoint_every: save a resumable checkpoint every this many steps (and at the end).
         keep_checkpoints: how many of the newest checkpoints to keep.
-        mixed_precision: ``auto`` = bf16 on a GPU that supports it, else full precision.
+        mixed_precision: ``None`` (the default): the launcher's (``accelerate launch
+            --mixed_precision``, its config file, ``ACCELERATE_MIXED_PRECISION``), else ``auto``.
+            ``auto``: bf16 on a GPU that supports it, else full precision (``no``). ``no``,
+            ``bf16``, ``fp16``: that, whatever the launcher says (a launcher that says otherwise
+            is warned about). The run records which won (``train_summary.json``). A bare YAML
+            ``no`` (read as false) means ``no``.
+        log: trackers (:class:`LogConfig`).
         compile: ``torch.compile`` the plugin trunks.
         max_nonfinite_steps: stop with an error after this many consecutive non-finite losses.
+        dist_timeout_s: torch.distributed's timeout for collectives (accelerate's
+            ``InitProcessGroupKwargs``): a process waiting this long for another stops with an error.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -113,9 +170,15 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
-    mixed_precision: str = "auto"
+    mixed_precision: str | bool | None = None
     compile: bool = False
     max_nonfinite_steps: int = 5
+    dist_timeout_s: float = 1800.0
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # YAML 1.1 reads accelerate's `no` as false
+            self.mixed_precision = "no"
 
     def _check_plugins(self) -> None:
         """Unknown modalities and bad plugin config keys fail here, before any model is built."""
@@ -136,21 +199,24 @@ class TrainConfig:
         if isinstance(missing, str) and missing not in MISSING_MODALITY_POLICIES:
             problems.append(f"data.missing_modalities must be one of {MISSING_MODALITY_POLICIES} or a list of "
                             f"plugins, got {missing!r}")
-        if self.mixed_precision not in PRECISIONS:
-            problems.append(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
+        if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
+            problems.append(f"mixed_precision must be one of {PRECISIONS}, or null for the launcher's, "
+                            f"got {self.mixed_precision!r}")
         if not self.model.modalities:
             problems.append("model.modalities names no plugin to train")
         self._check_plugins()
         for key, value in {
             "steps": self.steps, "data.batch_size": self.data.batch_size, "log_every": self.log_every,
             "checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints,
-            "optim.grad_accum_steps": self.optim.grad_accum_steps,
+            "optim.grad_accum_steps": 1 if self.optim.grad_accum_steps is None else self.optim.grad_accum_steps,
             "max_nonfinite_steps": self.max_nonfinite_steps,
             "data.modality_lookahead": self.data.modality_lookahead,
         }.items():
             if value < 1:
                 problems.append(f"{key} must be >= 1, got {value}")
         problems += self._value_problems()
+        problems += self._stream_problems()
+        problems += self._log_problems()
         known = set(self.model.modalities)
         for name in self.loss.weights:
             if name not in known:
@@ -188,6 +254,37 @@ class TrainConfig:
         for name, weight in self.loss.weights.items():
             if not (math.isfinite(weight) and weight >= 0):
                 problems.append(f"loss.weights.{name} must be a number >= 0, got {weight}")
+        return problems
+
+    def _log_problems(self) -> list[str]:
+        """Unknown trackers, trackers whose package is missing, ``init_kwargs`` for no tracker."""
+        from anchorbind.train.log import tracker_problems
+
+        problems = tracker_problems(self.log.trackers)
+        if not self.log.project.strip():
+            problems.append("log.project must not be empty")
+        for name in self.log.init_kwargs:
+            if name not in self.log.trackers:
+                problems.append(f"log.init_kwargs names {name!r}, which is not in log.trackers {self.log.trackers}")
+        return problems
+
+    def _stream_problems(self) -> list[str]:
+        """``data.sampling`` and the streaming timeouts, retries and limits."""
+        from anchorbind.data.sampler import SAMPLINGS
+
+        data, problems = self.data, []
+        if data.sampling not in SAMPLINGS:
+            problems.append(f"data.sampling must be one of {SAMPLINGS}, got {data.sampling!r}")
+        for key, value in {"data.read_timeout_s": data.read_timeout_s, "data.batch_timeout_s": data.batch_timeout_s,
+                           "dist_timeout_s": self.dist_timeout_s}.items():
+            if value is not None and not (math.isfinite(value) and value > 0):
+                none = "" if key == "dist_timeout_s" else ", or null for none"
+                problems.append(f"{key} must be a number of seconds > 0{none}, got {value}")
+        if not (math.isfinite(data.retry_backoff_s) and data.retry_backoff_s >= 0):
+            problems.append(f"data.retry_backoff_s must be a number >= 0, got {data.retry_backoff_s}")
+        for key, value in {"data.retries": data.retries, "data.max_failed_shards": data.max_failed_shards}.items():
+            if value < 0:
+                problems.append(f"{key} must be an integer >= 0, got {value}")
         return problems
 
     def _output_dir_problems(self) -> list[str]:

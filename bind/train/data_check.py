@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from anchorbind.data.cache import anchor_cache_status
-from anchorbind.data.inventory import DataInventory, data_modalities
+from anchorbind.data.inventory import LOOKAHEAD_STREAM, DataInventory, data_modalities
+from anchorbind.data.streaming import StreamOptions
 from anchorbind.errors import ConfigError
 from anchorbind.model import BindModel
 from anchorbind.registry import ANCHOR_MODALITY
@@ -114,7 +115,10 @@ def untrained_plugins(cfg: TrainConfig, model: BindModel, *, use_cache: bool) ->
     anchor_keys = () if use_cache else tuple(model.processor(ANCHOR_MODALITY).sample_keys)
     if anchor_keys:
         readers = {ANCHOR_MODALITY: anchor_keys, **readers}
-    inventory = data_modalities(cfg.data.train_shards, readers, lookahead=cfg.data.modality_lookahead)
+    # URLs are read once, waiting at most data.read_timeout_s (else batch_timeout_s) for a byte
+    wait = cfg.data.read_timeout_s or cfg.data.batch_timeout_s or LOOKAHEAD_STREAM.read_timeout_s
+    inventory = data_modalities(cfg.data.train_shards, readers, lookahead=cfg.data.modality_lookahead,
+                                stream=StreamOptions(read_timeout_s=wait, retries=0))
     if inventory.samples == 0:
         # nothing could be read (every shard unreadable or unreachable): the loader reports why
         return [], (f"could not read a sample of data.train_shards to find which modalities it holds "

@@ -1,7 +1,10 @@
-"""Training logs: TensorBoard through accelerate's tracker, and a CSV anyone can plot.
+"""Training logs: accelerate's trackers (``log.trackers``: TensorBoard by default), and a CSV anyone can plot.
 
+The trackers are accelerate's (``Accelerator(log_with=...)``, :func:`tracker_problems` checks the
+names and that each one's package is installed, before any model is built); ``csv`` names the
+project's own ``train_log.csv``, which is always written (the evaluation report plots it).
 Only the main process writes. The CSV is appended to on resume, so one file holds the whole
-run's curve; its columns are fixed by the first row written (new keys go to TensorBoard only).
+run's curve; its columns are fixed by the first row written (new keys go to the trackers only).
 A loss term whose modality had no row in the logged step is an empty cell, not a 0; a plugin
 left out of training (no sample in the data) has no column at all.
 Resuming from step ``c`` first drops the rows (and events) after ``c`` that the interrupted run
@@ -19,19 +22,66 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 
-__all__ = ["DECODE_ERRORS_FILE", "MAX_DECODE_ERROR_EXAMPLES", "DecodeErrorLog", "TrainLogger", "write_json_atomic"]
+__all__ = [
+    "CSV_TRACKER", "DECODE_ERRORS_FILE", "MAX_DECODE_ERROR_EXAMPLES", "DecodeErrorLog", "TrainLogger",
+    "accelerate_trackers", "known_trackers", "tracker_problems", "write_json_atomic",
+]
 
 DECODE_ERRORS_FILE = "decode_errors.json"
 MAX_DECODE_ERROR_EXAMPLES = 1000
 """Decode-error records kept in full; beyond them only the counts grow."""
 MAX_REASON_KINDS = 200
 """Distinct reasons counted separately; the rest are counted as ``other``."""
+CSV_TRACKER = "csv"
+"""The tracker name of ``train_log.csv`` (always written; listing it in ``log.trackers`` is allowed)."""
+TRACKER_PACKAGES = {"comet_ml": "comet-ml"}
+"""pip package of an accelerate tracker whose package is not named like the tracker."""
+
+
+def known_trackers() -> list[str]:
+    """Every name ``log.trackers`` accepts: ``csv`` and accelerate's trackers (built-in and registered)."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return sorted({CSV_TRACKER, *LOGGER_TYPE_TO_CLASS})
+
+
+def _tracker_installed(name: str) -> bool:
+    """Whether accelerate can use tracker ``name`` here (a registered custom tracker always can)."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    if name not in {member.value for member in LoggerType}:
+        return True
+    return name in {LoggerType(tracker).value for tracker in get_available_trackers()}
+
+
+def tracker_problems(names: Sequence[str]) -> list[str]:
+    """What is wrong with ``log.trackers``: unknown names (with the known ones), repeats, and
+    trackers whose package is not installed (accelerate itself would drop those silently)."""
+    known = known_trackers()
+    problems = []
+    for name in dict.fromkeys(names):
+        if name not in known:
+            problems.append(f"log.trackers: unknown tracker {name!r}; available: {', '.join(known)}")
+        elif name != CSV_TRACKER and not _tracker_installed(name):
+            package = TRACKER_PACKAGES.get(name, name)
+            problems.append(f"log.trackers: {name!r} needs the {package!r} package, which is not installed "
+                            f"(pip install {package}), or remove it from log.trackers")
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        problems.append(f"log.trackers names {', '.join(repeated)} more than once")
+    return problems
+
+
+def accelerate_trackers(names: Sequence[str]) -> list[str]:
+    """The trackers accelerate runs (``log_with``): ``names`` without ``csv`` (the loop's own file)."""
+    return [name for name in dict.fromkeys(names) if name != CSV_TRACKER]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -163,16 +213,20 @@ def _flat_scalars(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class TrainLogger:
-    """Writes scalars to TensorBoard (``output_dir/anchorbind``) and ``output_dir/train_log.csv``."""
+    """Writes scalars to the accelerator's trackers (``log_with``; TensorBoard: ``output_dir/<project>``)
+    and to ``output_dir/train_log.csv``."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, *, config: dict[str, Any],
-                 resume_step: int = 0) -> None:
-        """``resume_step``: the step resumed from (0: a new run, whose old logs are removed)."""
+                 resume_step: int = 0, project: str = "anchorbind",
+                 init_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """``resume_step``: the step resumed from (0: a new run, whose old logs are removed);
+        ``project`` and ``init_kwargs`` (per tracker): accelerate's ``init_trackers`` arguments."""
         self.accelerator = accelerator
         self.csv_path = Path(output_dir) / "train_log.csv"
         self.events_path = Path(output_dir) / "train_events.jsonl"
         self._fields: list[str] | None = None
-        accelerator.init_trackers("anchorbind", config=_flat_scalars(config))
+        accelerator.init_trackers(project, config=_flat_scalars(config),
+                                  init_kwargs={k: dict(v) for k, v in (init_kwargs or {}).items()})
         if accelerator.is_main_process:
             self.csv_path.parent.mkdir(parents=True, exist_ok=True)
             if resume_step > 0 and self.csv_path.exists():
@@ -188,7 +242,7 @@ class TrainLogger:
 
     def log(self, step: int, scalars: Mapping[str, float | None]) -> None:
         """One row; a ``None`` value (a term with no rows in this step) is an empty CSV cell and no
-        TensorBoard point, never a 0."""
+        tracker point, never a 0."""
         self.accelerator.log({k: v for k, v in scalars.items() if v is not None}, step=step)
         if not self.accelerator.is_main_process:
             return

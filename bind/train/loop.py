@@ -19,44 +19,66 @@ whose modality the data lacks, a cache built for another anchor), then one step 
 (forward, loss, backward, clip, step), with logging and checkpoints on the side. Everything distributed goes through
 accelerate; the contrastive loss (``anchorbind.losses.binding``) gathers embeddings so negatives are global.
 
-Exact resume: data for steps ``[c, c + checkpoint_every)`` comes from a loader seeded by ``c``,
-and checkpoints are only taken at those boundaries, so a run resumed from step ``c`` sees the
-same batches (and the same RNG states, restored by accelerate) as an uninterrupted run.
+Exact resume: one loader serves the whole run (epoch after epoch, :mod:`anchorbind.data.sampler`);
+each checkpoint saves every process's loader position (``loader_state.json``), and a resumed run
+builds its loader at that position, so it sees the same batches (and the same RNG states,
+restored by accelerate) as an uninterrupted run. A process that waits longer than
+``data.batch_timeout_s`` for a batch, or ``dist_timeout_s`` in a collective, stops with an error
+(:mod:`anchorbind.train.watchdog`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import GradientAccumulationPlugin, KwargsHandler, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from anchorbind.config import config_to_dict
-from anchorbind.data.loader import build_loader
+from anchorbind.data.loader import UNKNOWN_SIZES, ShardLoader, StreamOptions, build_loader
+from anchorbind.data.shardlist import expand_shards, shard_sizes
 from anchorbind.errors import AnchorBindError, ConfigError, debug_enabled, exit_code
 from anchorbind.losses.binding import BindingLoss
 from anchorbind.model import BindModel
 from anchorbind.registry import ANCHOR_MODALITY
-from anchorbind.train.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_file, save_checkpoint
+from anchorbind.train.checkpoint import (
+    LOADER_STATE_FILE,
+    latest_checkpoint,
+    load_checkpoint,
+    loader_state_for,
+    read_checkpoint_file,
+    save_checkpoint,
+)
 from anchorbind.train.config import TrainConfig, load_train_config
 from anchorbind.train.data_check import DataPlan, plan_data, resolve_anchor_source
-from anchorbind.train.log import DECODE_ERRORS_FILE, DecodeErrorLog, TrainLogger, write_json_atomic
+from anchorbind.train.log import (
+    CSV_TRACKER,
+    DECODE_ERRORS_FILE,
+    DecodeErrorLog,
+    TrainLogger,
+    accelerate_trackers,
+    write_json_atomic,
+)
 from anchorbind.train.optim import build_optimizer, build_scheduler
-from anchorbind.train.rundir import RunDirPlan, RunLock, check_output_dir, prepare_run_dir
+from anchorbind.train.rundir import RunDirPlan, RunLock, check_output_dir, check_shared_output_dir, prepare_run_dir
+from anchorbind.train.watchdog import BatchWatchdog, process_group_kwargs
 
-__all__ = ["NonFiniteLossError", "main", "resolve_anchor_source", "train"]
+__all__ = ["AcceleratorSettings", "NonFiniteLossError", "accelerator_settings", "main", "make_accelerator",
+           "resolve_anchor_source", "train"]
 
 log = logging.getLogger("anchorbind.train")
 T = TypeVar("T")
@@ -66,22 +88,113 @@ class NonFiniteLossError(AnchorBindError, RuntimeError):
     """Raised after ``max_nonfinite_steps`` consecutive steps with a NaN/inf loss (CLI: one line, exit 1)."""
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """An Accelerator for this machine: gloo on CPU, bf16 autocast on GPUs that support it."""
-    cpu = not torch.cuda.is_available()
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=precision,
-        gradient_accumulation_steps=cfg.optim.grad_accum_steps,
+PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
+"""Set by ``accelerate launch`` from ``--mixed_precision`` or its config file (``no`` when neither names one)."""
+GRAD_ACCUM_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
+"""Set by ``accelerate launch --gradient_accumulation_steps`` (a DeepSpeed launch), or by hand."""
+SOURCE_WORDS = {"config": "from the training config", "launcher": "from the launcher", "auto": "auto",
+                "default": "default"}
+
+
+@dataclass(frozen=True)
+class AcceleratorSettings:
+    """The precision and accumulation the Accelerator is built with, and where each came from.
+
+    Sources: ``config`` (the training config set it: it wins), ``launcher`` (``accelerate launch``,
+    its config file or the environment: ``ACCELERATE_MIXED_PRECISION``,
+    ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``), ``auto`` (precision: nothing set it; bf16 on a
+    GPU that supports it, else ``no``), ``default`` (accumulation: nothing set it; 1).
+    ``warnings``: a config value that overrides a different launcher value.
+    """
+
+    mixed_precision: str
+    mixed_precision_source: str
+    grad_accum_steps: int
+    grad_accum_steps_source: str
+    warnings: tuple[str, ...] = ()
+
+
+def _auto_precision(cpu: bool) -> str:
+    return "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
+
+
+def accelerator_settings(cfg: TrainConfig, *, cpu: bool | None = None,
+                         environ: Mapping[str, str] | None = None) -> AcceleratorSettings:
+    """Decide precision and gradient accumulation: the training config's when set, else the launcher's.
+
+    ``mixed_precision: null`` follows the launcher (``ACCELERATE_MIXED_PRECISION``), and without
+    one ``auto``; ``optim.grad_accum_steps: null`` follows ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``,
+    and without it 1. An explicit config value wins; a launcher value that differs is named in
+    ``warnings``.
+
+    Raises:
+        ConfigError: ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS`` is not a whole number >= 1.
+    """
+    environ = os.environ if environ is None else environ
+    cpu = not torch.cuda.is_available() if cpu is None else cpu
+    warnings: list[str] = []
+    launched = (environ.get(PRECISION_ENV) or "").strip().lower() or None
+    if cfg.mixed_precision is not None:
+        precision = _auto_precision(cpu) if cfg.mixed_precision == "auto" else cfg.mixed_precision
+        precision_source = "config"
+        if launched is not None and launched != precision:
+            warnings.append(
+                f"mixed_precision {precision} (training config: mixed_precision: {cfg.mixed_precision}) overrides "
+                f"the launcher's {launched!r} ({PRECISION_ENV}, from accelerate launch --mixed_precision or its "
+                "config file; 'no' when neither names one); set mixed_precision: null to follow the launcher")
+    elif launched is not None:
+        precision, precision_source = launched, "launcher"
+    else:
+        precision, precision_source = _auto_precision(cpu), "auto"
+
+    raw = (environ.get(GRAD_ACCUM_ENV) or "").strip()
+    launched_steps: int | None = None
+    if raw:
+        try:
+            launched_steps = int(raw)
+        except ValueError:
+            launched_steps = 0
+        if launched_steps < 1:
+            raise ConfigError(f"{GRAD_ACCUM_ENV}={raw!r} (from accelerate launch --gradient_accumulation_steps or "
+                              "the environment) must be a whole number >= 1")
+    if cfg.optim.grad_accum_steps is not None:
+        steps, steps_source = cfg.optim.grad_accum_steps, "config"
+        if launched_steps is not None and launched_steps != steps:
+            warnings.append(
+                f"grad_accum_steps {steps} (training config: optim.grad_accum_steps) overrides the launcher's "
+                f"{launched_steps} ({GRAD_ACCUM_ENV}); set optim.grad_accum_steps: null to follow the launcher")
+    elif launched_steps is not None:
+        steps, steps_source = launched_steps, "launcher"
+    else:
+        steps, steps_source = 1, "default"
+    return AcceleratorSettings(precision, precision_source, steps, steps_source, tuple(warnings))
+
+
+def make_accelerator(cfg: TrainConfig, settings: AcceleratorSettings | None = None, *,
+                     kwargs_handlers: Sequence[KwargsHandler] = ()) -> Accelerator:
+    """An Accelerator for this machine: gloo on CPU (``cpu=True`` when no GPU is visible), the
+    precision and accumulation of :func:`accelerator_settings` (``settings``, computed when not
+    given), the trackers of ``log.trackers``; ``kwargs_handlers`` go to accelerate as they are
+    (e.g. ``InitProcessGroupKwargs(timeout=...)``). The main process logs ``settings.warnings``."""
+    settings = accelerator_settings(cfg) if settings is None else settings
+    trackers = accelerate_trackers(cfg.log.trackers)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=settings.mixed_precision,
+        # a plugin, not gradient_accumulation_steps=N: accelerate lets ACCELERATE_GRADIENT_ACCUMULATION_STEPS
+        # override that argument silently, and the loop must run exactly as many micro-batches as it syncs after
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=settings.grad_accum_steps),
         step_scheduler_with_optimizer=False,
         # no find_unused_parameters: a plugin whose modality a batch lacks still gets (zero)
         # gradients through _idle_term, so DDP needs no extra graph traversal (nor warns about it)
-        log_with="tensorboard",
+        kwargs_handlers=list(kwargs_handlers),
+        log_with=trackers or None,
         project_dir=cfg.output_dir,
     )
+    if accelerator.is_main_process:
+        for warning in settings.warnings:
+            log.warning("%s", warning)
+    return accelerator
 
 
 def count_parameters(model: torch.nn.Module, untrained: Sequence[torch.nn.Module] = ()) -> dict[str, int]:
@@ -92,29 +205,71 @@ def count_parameters(model: torch.nn.Module, untrained: Sequence[torch.nn.Module
     return {"trainable": trainable, "frozen": total - trainable}
 
 
-def segment_batches(cfg: TrainConfig, model: BindModel, start_step: int, use_cache: bool,
-                    plugins: Sequence[str] | None = None) -> Iterator[Any]:
-    """Micro-batches for steps ``[start_step, next checkpoint)``, from a loader seeded by ``start_step``.
+def stream_options(cfg: TrainConfig) -> StreamOptions:
+    """The streaming timeouts, retries and failed-shard limit of ``cfg.data``."""
+    data = cfg.data
+    return StreamOptions(read_timeout_s=data.read_timeout_s, retries=data.retries,
+                         retry_backoff_s=data.retry_backoff_s, max_failed_shards=data.max_failed_shards)
+
+
+def make_train_loader(cfg: TrainConfig, accelerator: Accelerator, model: BindModel, use_cache: bool,
+                      plugins: Sequence[str] | None = None, saved: Any = None, *, resumed: bool = False) -> ShardLoader:
+    """The run's one training loader, endless, at the position in ``saved`` (a checkpoint's
+    ``loader_state.json``) when ``resumed``.
 
     ``plugins``: the modalities decoded (default: every plugin's); a plugin left out of training
-    (``data.missing_modalities``) is never decoded, so it never enters a batch.
+    (``data.missing_modalities``) is never decoded, so it never enters a batch. The shards'
+    sample counts, which set the split, are found by the main process and given to every
+    process. A position that cannot be carried over (another process count, other loader
+    settings, a checkpoint without one) restarts the data order at the beginning of the epoch the
+    checkpoint was in, with a warning.
     """
     # processors only (no model): they are what each loader worker gets a copy of
     processors = {name: model.processor(name) for name in (model.plugins if plugins is None else plugins)}
     if not use_cache:
         processors[ANCHOR_MODALITY] = model.processor(ANCHOR_MODALITY)
-    loader = build_loader(
-        cfg.data.train_shards,
-        processors,
-        train=True,
-        batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        seed=cfg.seed * 1_000_003 + start_step,
-        use_anchor_cache=use_cache,
-        anchor_identity=model.anchor.identity,
-    )
-    yield from loader
+    options = stream_options(cfg)
+    # a manifest.json on a server is waited for at most read_timeout_s (else batch_timeout_s, else 60 s)
+    lookup = dataclasses.replace(options, read_timeout_s=cfg.data.read_timeout_s or cfg.data.batch_timeout_s or 60)
+    (sizes,) = _main_process_decides(accelerator,
+                                     lambda: (shard_sizes(expand_shards(cfg.data.train_shards), lookup),))
+
+    def build(epoch: int, state: dict[str, Any] | None = None) -> ShardLoader:
+        return build_loader(
+            cfg.data.train_shards,
+            processors,
+            train=True,
+            batch_size=cfg.data.batch_size,
+            num_workers=cfg.data.num_workers,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            seed=cfg.seed,
+            epoch=epoch,
+            sampling=cfg.data.sampling,
+            state=state,
+            shard_sizes=UNKNOWN_SIZES if sizes is None else sizes,
+            stream=options,
+            use_anchor_cache=use_cache,
+            anchor_identity=model.anchor.identity,
+        )
+
+    if not resumed:
+        return build(0)
+    state, epoch, note = loader_state_for(saved, accelerator.process_index, accelerator.num_processes)
+    if state is not None:
+        try:
+            return build(int(state["signature"]["first_epoch"]), state)
+        except (ValueError, KeyError, TypeError) as err:
+            note = f"the checkpoint's loader position does not fit this run ({err})"
+    if accelerator.is_main_process:
+        log.warning("%s: the data order restarts at the beginning of epoch %d", note, epoch or 0)
+    return build(epoch or 0)
+
+
+def _loader_states(accelerator: Accelerator, loader: ShardLoader) -> dict[str, Any]:
+    """Every process's loader position, for the checkpoint's ``loader_state.json``."""
+    mine = loader.state_dict()
+    ranks = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+    return {"world_size": accelerator.num_processes, "ranks": ranks}
 
 
 def _main_process_decides(accelerator: Accelerator, decide: Callable[[], T]) -> T:
@@ -177,7 +332,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run in output_dir, or replace it")
     output_dir = check_output_dir(cfg.output_dir)
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, kwargs_handlers=process_group_kwargs(cfg.dist_timeout_s))
     lock: RunLock | None = None
 
     def decide() -> RunDirPlan:
@@ -191,6 +346,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
 
     try:
         plan = _main_process_decides(accelerator, decide)
+        check_shared_output_dir(accelerator, output_dir)  # every process sees rank 0's output_dir, or all stop
         if plan.finished:
             if accelerator.is_main_process:
                 log.info("%s: the run already finished at step %d (model in %s); nothing to do",
@@ -234,6 +390,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
     state: dict[str, Any] = {"step": 0, "samples": 0, "skipped_steps": 0, "decode_errors": 0}
     decode_errors, pending_errors = DecodeErrorLog(), DecodeErrorLog()
     checkpoints = output_dir / "checkpoints"
+    saved_loader: Any = None  # the loader position of the checkpoint resumed from
     if resume:
         found = latest_checkpoint(checkpoints)
         if found is None:
@@ -241,9 +398,16 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
         else:
             state.update(load_checkpoint(accelerator, found, model=bind_model))
             decode_errors = DecodeErrorLog.from_dict(read_checkpoint_file(found, DECODE_ERRORS_FILE))
+            saved_loader = read_checkpoint_file(found, LOADER_STATE_FILE)
             accelerator.print(f"resumed from {found} at step {state['step']}")
 
-    logger = TrainLogger(accelerator, output_dir, config=config_to_dict(cfg), resume_step=state["step"])
+    logger = TrainLogger(accelerator, output_dir, config=config_to_dict(cfg), resume_step=state["step"],
+                         project=cfg.log.project, init_kwargs=cfg.log.init_kwargs)
+    settings = accelerator_settings(cfg)  # where precision and accumulation came from (the values: the accelerator's)
+    accum = accelerator.gradient_accumulation_steps
+    accelerator.print(f"mixed_precision {accelerator.mixed_precision} ({SOURCE_WORDS[settings.mixed_precision_source]})"
+                      f" | grad_accum_steps {accum} ({SOURCE_WORDS[settings.grad_accum_steps_source]})"
+                      f" | trackers: {', '.join([*accelerate_trackers(cfg.log.trackers), CSV_TRACKER])}")
     if accelerator.is_main_process:
         tmp = output_dir / ".config.yaml.tmp"
         tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -251,7 +415,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
     accelerator.print(
         f"parameters: {counts['trainable']:,} trainable, {counts['frozen']:,} frozen | "
         f"processes: {accelerator.num_processes} | anchor: {'cache' if use_cache else 'live'} | "
-        f"global batch: {cfg.data.batch_size * accelerator.num_processes * cfg.optim.grad_accum_steps}"
+        f"global batch: {cfg.data.batch_size * accelerator.num_processes * accum}"
         + (f" | not trained: {', '.join(untrained)}" if untrained else "")
     )
 
@@ -260,18 +424,24 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
         total=cfg.steps, initial=state["step"], disable=not accelerator.is_main_process, desc="train",
         dynamic_ncols=True,
     )
+    loader: ShardLoader | None = None
     batches: Iterator[Any] | None = None
+    watchdog = BatchWatchdog(cfg.data.batch_timeout_s, describe=lambda: (
+        f"rank {accelerator.process_index}: {loader.describe() if loader is not None else 'no loader yet'}"))
     window_start, window_samples = time.perf_counter(), 0
     native_names = [name for name in trained_names if bind_model.plugins[name].config.native_loss_weight > 0]
     model.train()
     while state["step"] < cfg.steps:
-        if batches is None or state["step"] % cfg.checkpoint_every == 0:
-            batches = segment_batches(cfg, bind_model, state["step"], use_cache, trained_names)
+        if batches is None:
+            loader = make_train_loader(cfg, accelerator, bind_model, use_cache, trained_names, saved_loader,
+                                       resumed=state["step"] > 0)
+            batches = iter(loader)
         step_finite, step_samples = True, 0
         seen = [0.0] * len(plugin_names)  # processes x micro-batches that had each plugin's modality
         last_seen = seen  # processes whose last micro-batch had it: the logged terms are that batch's
-        for _ in range(cfg.optim.grad_accum_steps):
-            batch = next(batches)
+        for micro in range(accum):
+            with watchdog.waiting(f"micro-batch {micro + 1} of step {state['step'] + 1}"):
+                batch = next(batches)
             pending_errors.add(batch.get("errors", ()), step=state["step"] + 1)
             step_samples += len(batch["__key__"]) * accelerator.num_processes
             with accelerator.accumulate(model):
@@ -359,10 +529,12 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
             pending_errors = DecodeErrorLog()
             state["decode_errors"] = decode_errors.count
             save_checkpoint(accelerator, checkpoints, state, model=bind_model, keep=cfg.keep_checkpoints,
-                            files={DECODE_ERRORS_FILE: decode_errors.to_dict()})
+                            files={DECODE_ERRORS_FILE: decode_errors.to_dict(),
+                                   LOADER_STATE_FILE: _loader_states(accelerator, loader)})
             if accelerator.is_main_process:
                 write_json_atomic(output_dir / DECODE_ERRORS_FILE, decode_errors.to_dict())
     progress.close()
+    watchdog.close()
 
     # the last step is always checkpointed, so every decode error is merged by now
     summary = {
@@ -373,6 +545,11 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
         "anchor_source": "cache" if use_cache else "live",
         "final_loss": state.get("final_loss", math.nan),
         "untrained_modalities": untrained,
+        "mixed_precision": accelerator.mixed_precision,
+        "mixed_precision_source": settings.mixed_precision_source,
+        "grad_accum_steps": accum,
+        "grad_accum_steps_source": settings.grad_accum_steps_source,
+        "trackers": accelerate_trackers(cfg.log.trackers),
     }
     if accelerator.is_main_process:
         # a kill between the final checkpoint and here leaves a run that --resume finishes

@@ -9,10 +9,17 @@
   ``--resume`` when the saved ``config.yaml`` differs in anything that changes the trajectory,
   and says when the run is already finished (``--resume`` is then a no-op).
 
+* :func:`check_shared_output_dir` -- run by every process at start-up: ``output_dir`` must be
+  the same storage on every node (checkpoints, RNG states and the resume decision live there). The
+  main process writes a marker holding a fresh nonce, every process reads it after a barrier, and
+  a process that cannot see it (a folder per node, a local disk) stops the run on every process
+  with one message, before any model is built.
+
 What may differ on ``--resume`` (:data:`RESUMABLE_KEYS`): ``steps`` (to train further, or to finish
 at an earlier step not yet reached), and keys that do not change what is trained: ``log_every``,
-``keep_checkpoints``, ``data.eval_shards`` (read by ``anchorbind eval`` only) and ``output_dir``
-(the same directory, perhaps spelled differently). Everything else -- seed, data, batch size,
+``keep_checkpoints``, ``data.eval_shards`` (read by ``anchorbind eval`` only), where the scalars go
+(``log.trackers``, ``log.project``, ``log.init_kwargs``) and ``output_dir`` (the same directory,
+perhaps spelled differently). Everything else -- seed, data, batch size,
 workers, model, optimiser, loss, ``checkpoint_every`` (it seeds the data segments) -- must match.
 """
 
@@ -23,6 +30,7 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import time
@@ -42,6 +50,7 @@ __all__ = [
     "RunDirPlan",
     "RunLock",
     "check_output_dir",
+    "check_shared_output_dir",
     "config_differences",
     "prepare_run_dir",
 ]
@@ -54,7 +63,8 @@ SUMMARY_NAME = "train_summary.json"
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 
-RESUMABLE_KEYS = ("steps", "log_every", "keep_checkpoints", "data.eval_shards", "output_dir")
+RESUMABLE_KEYS = ("steps", "log_every", "keep_checkpoints", "data.eval_shards", "output_dir", "log.trackers",
+                  "log.project", "log.init_kwargs")
 """Config keys that ``--resume`` lets differ from the saved ``config.yaml``."""
 
 RUN_FILES = (
@@ -329,3 +339,113 @@ def prepare_run_dir(output_dir: Path, config: dict[str, Any], *, steps: int, res
     if model_written and summary.get("step") == steps:
         return RunDirPlan(finished=True, summary=summary, found=found)
     return RunDirPlan(found=found)
+
+
+# ---------------------------------------------------------------------- one output_dir for every node
+SHARED_MARKER_PREFIX = ".shared-check-"
+"""The main process's marker in ``output_dir``: ``.shared-check-<nonce>``, removed once read."""
+SHARED_CHECK_WAIT_S = 5.0
+"""How long a process looks for the marker before it calls ``output_dir`` not shared (a network
+file system may show another node's new file a moment late)."""
+MAX_NAMED_PROCESSES = 8
+
+
+def _write_marker(path: Path, nonce: str, host: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"nonce": nonce, "host": host, "pid": os.getpid(), "output_dir": str(path.parent)}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _look_for_marker(path: Path, nonce: str, wait_s: float) -> str | None:
+    """None when ``path`` holds ``nonce`` (looked for up to ``wait_s`` seconds); else what this process saw."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            seen = "cannot see the marker rank 0 wrote"
+        except (OSError, ValueError) as err:
+            seen = f"cannot read the marker rank 0 wrote ({' '.join(str(err).split())})"
+        else:
+            if isinstance(data, dict) and data.get("nonce") == nonce:
+                return None
+            seen = "sees a marker with another nonce than the one rank 0 wrote"
+        if time.monotonic() >= deadline:
+            return seen
+        time.sleep(0.1)
+
+
+def _not_shared_message(reports: list[tuple[int, str, str, str | None]]) -> str:
+    """One line naming the processes that cannot see rank 0's marker (``reports``: rank, host, path, seen)."""
+    _, main_host, main_path, _ = min(reports)
+    blind = sorted(r for r in reports if r[3] is not None)
+    parts = []
+    for rank, host, path, seen in blind[:MAX_NAMED_PROCESSES]:
+        where = "" if path == main_path else f" (its output_dir: {path})"
+        parts.append(f"rank {rank} on host {host}{where} {seen}")
+    more = len(blind) - MAX_NAMED_PROCESSES
+    listed = "; ".join(parts) + (f"; and {more} more process(es)" if more > 0 else "")
+    return (f"output_dir {main_path} is not shared: {listed}; put output_dir on storage all nodes mount, at the "
+            f"same path on every node (checkpoints, RNG states and the resume decision are kept there; rank 0 "
+            f"runs on host {main_host})")
+
+
+def check_shared_output_dir(accelerator: Any, output_dir: Path, *, wait_s: float = SHARED_CHECK_WAIT_S) -> None:
+    """Stop the run, on every process, unless every process sees the main process's ``output_dir``.
+
+    Every process calls this at start-up, after the main process created ``output_dir`` (and took
+    :class:`RunLock`, so any earlier marker there is stale). The main process writes
+    ``output_dir/.shared-check-<nonce>`` (:data:`SHARED_MARKER_PREFIX`) with a fresh random nonce and
+    sends the nonce to every process (a broadcast: the barrier after the write); each process reads
+    the marker from its own ``output_dir`` (up to ``wait_s`` seconds), the findings are gathered on
+    every process (so all of them take the same branch and none waits alone), and the main process
+    removes the marker. One process: nothing to check.
+
+    Args:
+        accelerator: the run's ``accelerate.Accelerator`` (its ``PartialState`` would do).
+        output_dir: this process's ``output_dir``.
+        wait_s: how long a process looks for the marker before it gives up.
+
+    Raises:
+        ConfigError: on every process, one line: ``output_dir ... is not shared: rank R on host H
+            cannot see the marker rank 0 wrote; put output_dir on storage all nodes mount ...``; the
+            first process of each other node also logs it (the main process's is printed by the CLI).
+    """
+    if accelerator.num_processes <= 1:
+        return
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    host = socket.gethostname()
+    marker: Path | None = None
+    message: list[Any] = [None, None]  # the nonce, or why the main process could not write the marker
+    if accelerator.is_main_process:
+        nonce = secrets.token_hex(16)
+        try:
+            for stale in output_dir.glob(f"{SHARED_MARKER_PREFIX}*"):  # left by a killed start
+                stale.unlink(missing_ok=True)
+            marker = output_dir / f"{SHARED_MARKER_PREFIX}{nonce}"
+            _write_marker(marker, nonce, host)
+            message[0] = nonce
+        except OSError as err:
+            message[1] = (f"output_dir {output_dir}: the main process (rank 0 on host {host}) cannot write the "
+                          f"marker that checks the folder is shared ({err.strerror or err}); choose a writable "
+                          "output_dir on storage all nodes mount")
+    broadcast_object_list(message, from_process=0)
+    nonce, cannot_write = message
+    if cannot_write is not None:
+        raise ConfigError(cannot_write)
+    try:
+        seen = _look_for_marker(output_dir / f"{SHARED_MARKER_PREFIX}{nonce}", nonce, wait_s)
+    except Exception as err:  # every process must reach the gather below
+        seen = f"cannot read the marker rank 0 wrote ({type(err).__name__}: {err})"
+    reports = gather_object([(accelerator.process_index, host, str(output_dir), seen)])
+    if marker is not None:
+        with contextlib.suppress(OSError):
+            marker.unlink()
+    if all(seen is None for *_, seen in reports):
+        return
+    text = _not_shared_message([tuple(r) for r in reports])
+    if not accelerator.is_main_process and accelerator.is_local_main_process:
+        log.error("%s", text)  # this node's log says why it stopped; the main process's CLI prints it
+    raise ConfigError(text)

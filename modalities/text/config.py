@@ -39,6 +39,9 @@ class TextConfig(TunableConfig):
         lora_target_modules: names of the linear layers that get adapters; the default fits
             BERT-style models (MiniLM, BERT, RoBERTa); MPNet uses ``["q", "v"]``, CLIP text
             towers ``["q_proj", "v_proj"]``.
+        gradient_checkpointing: transformers' activation checkpointing on the backbone
+            (``tuning: full`` or ``lora``; nothing to checkpoint when frozen), see
+            :class:`~anchorbind.tuning.TunableConfig`.
         tokenizer: ``"backbone"`` (the tokenizer saved with the backbone) or ``"clip"``
             (OpenAI CLIP's BPE from the ``open_clip_torch`` package, offline: ftfy and HTML
             clean-up, lower case, ``<start>`` + tokens + ``<end>``, zero-padded to exactly
