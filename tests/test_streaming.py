@@ -189,12 +189,12 @@ def test_local_skips_read_headers_only_and_match_a_full_read(shard_dir):
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_the_batch_watchdog_turns_a_hang_into_an_error(num_workers):
     """A source that never sends and has no read timeout: the loader would wait forever."""
-    loader = build_loader(["pipe:sleep 120"], PROCESSORS, train=False, batch_size=4, num_workers=num_workers,
+    loader = build_loader(["pipe:sleep 30"], PROCESSORS, train=False, batch_size=4, num_workers=num_workers,
                           stream=StreamOptions(read_timeout_s=None))
     batches = iter(loader)
-    with BatchWatchdog(1.5, describe=lambda: "reading pipe:sleep 120") as watchdog:
+    with BatchWatchdog(1.5, describe=lambda: "reading pipe:sleep 30") as watchdog:
         started = time.monotonic()
-        stall = r"no batch for 1\.5 s while waiting for batch 1 .*pipe:sleep 120"
+        stall = r"no batch for 1\.5 s while waiting for batch 1 .*pipe:sleep 30"
         with pytest.raises(DataStallError, match=stall), watchdog.waiting("batch 1"):
             next(batches)
         elapsed = time.monotonic() - started

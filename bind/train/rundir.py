@@ -18,8 +18,9 @@
 What may differ on ``--resume`` (:data:`RESUMABLE_KEYS`): ``steps`` (to train further, or to finish
 at an earlier step not yet reached), and keys that do not change what is trained: ``log_every``,
 ``keep_checkpoints``, ``data.eval_shards`` (read by ``anchorbind eval`` only), where the scalars go
-(``log.trackers``, ``log.project``, ``log.init_kwargs``) and ``output_dir`` (the same directory,
-perhaps spelled differently). Everything else -- seed, data, batch size,
+(``log.trackers``, ``log.project``, ``log.init_kwargs``), how patiently shards are read (timeouts,
+retries, the skip limit: they change no batch of shards that read) and ``output_dir`` (the same
+directory, perhaps spelled differently). Everything else -- seed, data, batch size,
 workers, model, optimiser, loss, ``checkpoint_every`` (it seeds the data segments) -- must match.
 """
 
@@ -64,7 +65,8 @@ MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 
 RESUMABLE_KEYS = ("steps", "log_every", "keep_checkpoints", "data.eval_shards", "output_dir", "log.trackers",
-                  "log.project", "log.init_kwargs")
+                  "log.project", "log.init_kwargs", "data.read_timeout_s", "data.retries", "data.retry_backoff_s",
+                  "data.max_failed_shards", "data.batch_timeout_s", "dist_timeout_s")
 """Config keys that ``--resume`` lets differ from the saved ``config.yaml``."""
 
 RUN_FILES = (
