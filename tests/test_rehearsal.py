@@ -9,39 +9,13 @@ stops both nodes within a bounded time instead of freezing them.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, subprocess_env
 from tests.stream_utils import http_server, stalled_server
+from tests.test_shared_state import two_nodes
 from tests.train_utils import tiny_config, write_config
-
-LAUNCH = ["accelerate", "launch", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
-CPU_ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-
-
-def _two_nodes(config: Path, *extra: str, timeout: float) -> list[tuple[int, str]]:
-    port = free_port()
-    nodes = [subprocess.Popen(
-        [*LAUNCH, "--num_machines", "2", "--machine_rank", str(rank), "--num_processes", "2",
-         "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-         "-m", "anchorbind.train", "--config", str(config), *extra],
-        env=subprocess_env(**CPU_ENV), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in (0, 1)]
-    results = []
-    try:
-        for node in nodes:
-            output, _ = node.communicate(timeout=timeout)
-            results.append((node.returncode, output))
-    finally:
-        for node in nodes:
-            if node.poll() is None:
-                node.kill()
-                node.communicate()
-    return results
 
 
 @pytest.mark.slow
@@ -57,13 +31,13 @@ def test_two_nodes_stream_over_http_resume_and_stop_on_a_stalled_server(tmp_path
         spec = f"train/world-{{000000..{count - 1:06d}}}.tar"  # brace notation, as for a bucket
         cfg["data"]["train_shards"] = f"{base}/{spec}"
         config = write_config(tmp_path / "http.yaml", cfg)
-        (code0, out0), (code1, out1) = _two_nodes(config, timeout=600)
+        (code0, out0), (code1, out1) = two_nodes(config, (run, run), timeout=600)
         assert code0 == 0 and code1 == 0, (out0[-3000:], out1[-3000:])
         first = json.loads((run / "train_summary.json").read_text())
         assert first["step"] == 2 and first["processes"] == 2
 
         # resumed on both nodes: the loader continues where the checkpoint left it
-        (code0, out0), (code1, out1) = _two_nodes(config, "--resume", "--set", "steps=4", timeout=600)
+        (code0, out0), (code1, out1) = two_nodes(config, (run, run), "--resume", "--set", "steps=4", timeout=600)
         assert code0 == 0 and code1 == 0, (out0[-3000:], out1[-3000:])
         assert "restart" not in (out0 + out1).lower(), "the data order continued, it did not restart"
         resumed = json.loads((run / "train_summary.json").read_text())
@@ -76,7 +50,8 @@ def test_two_nodes_stream_over_http_resume_and_stop_on_a_stalled_server(tmp_path
         stalled["data"] = dict(cfg["data"], train_shards=f"{base}/{spec}", max_failed_shards=0)
         config = write_config(tmp_path / "stalled.yaml", stalled)
         start = time.monotonic()
-        (code0, out0), (code1, out1) = _two_nodes(config, timeout=600)
+        stalled_run = tmp_path / "stalled"
+        (code0, out0), (code1, out1) = two_nodes(config, (stalled_run, stalled_run), timeout=600)
         elapsed = time.monotonic() - start
     assert code0 != 0 and code1 != 0, (out0[-3000:], out1[-3000:])
     assert elapsed < 300, f"a stalled server froze the nodes for {elapsed:.0f} s"

@@ -69,17 +69,19 @@ def test_the_marker_is_read_back_and_removed_and_a_process_that_cannot_see_it_st
 
 
 # ---------------------------------------------------------------------- two nodes, one folder each
-def _node(rank: int, port: int, config: Path, output_dir: Path) -> subprocess.Popen[str]:
+def _node(rank: int, port: int, config: Path, output_dir: Path, *extra: str) -> subprocess.Popen[str]:
     cmd = [*LAUNCH, "--num_machines", "2", "--machine_rank", str(rank), "--num_processes", "2",
            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-           "-m", "anchorbind.train", "--config", str(config), "--set", f"output_dir={output_dir}"]
+           "-m", "anchorbind.train", "--config", str(config), "--set", f"output_dir={output_dir}", *extra]
     return subprocess.Popen(cmd, env=subprocess_env(**CPU_ENV), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _two_nodes(config: Path, dirs: tuple[Path, Path], timeout: float) -> list[tuple[int, str]]:
+def two_nodes(config: Path, dirs: tuple[Path, Path], *extra: str, timeout: float) -> list[tuple[int, str]]:
+    """Two "nodes" on 127.0.0.1 (one ``accelerate launch --machine_rank R`` each), node R with
+    ``output_dir=dirs[R]``: ``[(exit code, output)]`` of both."""
     port = free_port()
-    nodes = [_node(rank, port, config, dirs[rank]) for rank in (0, 1)]
+    nodes = [_node(rank, port, config, dirs[rank], *extra) for rank in (0, 1)]
     results = []
     try:
         for node in nodes:
@@ -101,7 +103,7 @@ def test_two_nodes_with_a_folder_each_stop_with_one_message_and_with_one_folder_
 
     node0_dir, node1_dir = tmp_path / "node0" / "run", tmp_path / "node1" / "run"
     start = time.monotonic()
-    (code0, out0), (code1, out1) = _two_nodes(config, (node0_dir, node1_dir), timeout=300)
+    (code0, out0), (code1, out1) = two_nodes(config, (node0_dir, node1_dir), timeout=300)
     assert time.monotonic() - start < 300
     assert code0 != 0 and code1 != 0, (out0[-3000:], out1[-3000:])
     for output in (out0, out1):
@@ -114,7 +116,7 @@ def test_two_nodes_with_a_folder_each_stop_with_one_message_and_with_one_folder_
     assert not list(node0_dir.glob(f"{SHARED_MARKER_PREFIX}*")), "the marker is removed"
 
     shared = tmp_path / "shared" / "run"
-    (code0, out0), (code1, out1) = _two_nodes(config, (shared, shared), timeout=600)
+    (code0, out0), (code1, out1) = two_nodes(config, (shared, shared), timeout=600)
     assert code0 == 0 and code1 == 0, (out0[-3000:], out1[-3000:])
     assert "not shared" not in out0 + out1
     summary = json.loads((shared / "train_summary.json").read_text())

@@ -177,6 +177,22 @@ class FailedShards:
     def count(self) -> int:
         return int(self._count.value)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Shared with the loader's workers as they start; any other copy (a pickle taken by hand,
+        e.g. to check what a worker receives) counts on its own, as a shared value cannot travel there."""
+        state = self.__dict__.copy()
+        from multiprocessing.context import get_spawning_popen
+
+        if get_spawning_popen() is None:
+            state["_count"] = int(self._count.value)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        count = state["_count"]
+        if isinstance(count, int):
+            state["_count"] = multiprocessing.get_context().Value("i", count)
+        self.__dict__.update(state)
+
 
 @dataclass(frozen=True)
 class ReaderPlan:
