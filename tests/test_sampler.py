@@ -218,3 +218,26 @@ def test_two_processes_two_workers_each_sample_once_per_epoch_and_resume(shards,
             assert len(set(merged)) == len(merged)
     for rank in ranks:
         assert rank["head"] + rank["tail"] == rank["straight"], "resumed mid-epoch: the same sequence"
+
+
+def test_training_lowers_the_loader_workers_for_a_small_epoch_and_refuses_one_without_a_batch(tmp_path, caplog):
+    """96 samples in batches of 64 give one batch an epoch: one reader, not two (the tiny demo); an
+    epoch without one batch per process is one config error, not a sampler traceback."""
+    from types import SimpleNamespace
+
+    from anchorbind.errors import ConfigError
+    from anchorbind.train.loop import _workers_that_fit
+
+    def cfg(batch: int, workers: int) -> SimpleNamespace:
+        return SimpleNamespace(data=SimpleNamespace(batch_size=batch, num_workers=workers,
+                                                    train_shards=str(tmp_path / "a-{000000..000002}.tar")))
+
+    one = SimpleNamespace(num_processes=1, is_main_process=True)
+    assert _workers_that_fit(cfg(64, 2), [32, 32, 32], one) == 1
+    assert "lowered from 2 to 1" in caplog.text
+    assert _workers_that_fit(cfg(16, 2), [32, 32, 32], one) == 2
+    assert _workers_that_fit(cfg(16, 0), [32, 32, 32], one) == 0
+    two = SimpleNamespace(num_processes=2, is_main_process=True)
+    with pytest.raises(ConfigError, match="fewer than one for each of the 2 process"):
+        _workers_that_fit(cfg(64, 2), [32, 32, 32], two)
+    assert _workers_that_fit(cfg(64, 4), None, one) == 3  # counts unknown: one whole shard per reader

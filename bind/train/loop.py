@@ -233,6 +233,7 @@ def make_train_loader(cfg: TrainConfig, accelerator: Accelerator, model: BindMod
     lookup = dataclasses.replace(options, read_timeout_s=cfg.data.read_timeout_s or cfg.data.batch_timeout_s or 60)
     (sizes,) = _main_process_decides(accelerator,
                                      lambda: (shard_sizes(expand_shards(cfg.data.train_shards), lookup),))
+    num_workers = _workers_that_fit(cfg, sizes, accelerator)
 
     def build(epoch: int, state: dict[str, Any] | None = None) -> ShardLoader:
         return build_loader(
@@ -240,7 +241,7 @@ def make_train_loader(cfg: TrainConfig, accelerator: Accelerator, model: BindMod
             processors,
             train=True,
             batch_size=cfg.data.batch_size,
-            num_workers=cfg.data.num_workers,
+            num_workers=num_workers,
             shuffle_buffer=cfg.data.shuffle_buffer,
             seed=cfg.seed,
             epoch=epoch,
@@ -263,6 +264,31 @@ def make_train_loader(cfg: TrainConfig, accelerator: Accelerator, model: BindMod
     if accelerator.is_main_process:
         log.warning("%s: the data order restarts at the beginning of epoch %d", note, epoch or 0)
     return build(epoch or 0)
+
+
+def _workers_that_fit(cfg: TrainConfig, sizes: Sequence[int] | None, accelerator: Accelerator) -> int:
+    """``data.num_workers``, lowered when an epoch is too small to give every reader (processes x
+    workers) a batch (a small dataset, e.g. the tiny demo), with a warning.
+
+    Raises:
+        ConfigError: an epoch holds less than one batch per process (or, counts unknown, fewer
+            shards than processes): no setting of the workers fits.
+    """
+    processes, wanted = accelerator.num_processes, max(cfg.data.num_workers, 1)
+    if sizes is None:
+        units, what = len(expand_shards(cfg.data.train_shards)), "shard(s), whose sample counts are unknown"
+    else:
+        units, what = sum(sizes) // cfg.data.batch_size, f"batch(es) of {cfg.data.batch_size} in an epoch"
+    fit = units // processes
+    if fit == 0:
+        raise ConfigError(f"data.train_shards holds {units} {what}, fewer than one for each of the {processes} "
+                          "process(es); lower data.batch_size or add data")
+    if fit >= wanted:
+        return cfg.data.num_workers
+    if accelerator.is_main_process:
+        log.warning("data.num_workers lowered from %d to %d: the data holds %d %s, one per reader "
+                    "(processes x workers) at most", cfg.data.num_workers, fit, units, what)
+    return fit
 
 
 def _loader_states(accelerator: Accelerator, loader: ShardLoader) -> dict[str, Any]:
