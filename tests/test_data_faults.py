@@ -227,7 +227,7 @@ def test_the_cache_keeps_every_member_byte_for_byte(tmp_path, anchor):
     ]
     write_tar(shard, members)
     members = tar_members(shard)  # as tarfile reads them back (a directory's name loses its "/")
-    report = build_anchor_cache(str(shard), ANCHOR, batch_size=2, device="cpu", progress=False)
+    report = build_anchor_cache(str(shard), ANCHOR, batch_size=2, device="cpu", progress=False, in_place=True)
     assert report.written == [str(shard)] and report.samples == 3
     assert [f["key"] for f in report.failures] == ["s4"]
     after = tar_members(shard)
@@ -239,7 +239,8 @@ def test_the_cache_keeps_every_member_byte_for_byte(tmp_path, anchor):
     assert samples["s1"]["anchor_id.txt"].decode() == anchor.identity and "png" in samples["s1"]
     assert "anchor.npy" in samples["nested/dir/s2"]
     # caching again (another anchor) replaces only the cache's own members
-    build_anchor_cache(str(shard), {"weights": "none", "image_size": 64}, batch_size=8, device="cpu", progress=False)
+    build_anchor_cache(str(shard), {"weights": "none", "image_size": 64}, batch_size=8, device="cpu", progress=False,
+                       in_place=True)
     again = tar_members(shard)
     assert [m for m in again if "anchor" not in m[0]] == members
     assert [n for n, _ in again if "anchor" in n] == added
@@ -252,7 +253,7 @@ def test_a_shard_cut_at_a_member_boundary_is_not_cached(tmp_path, anchor):
         cut = tar.getmember("s1.png").offset  # the header of the second member: a valid-looking prefix
     data = shard.read_bytes()[:cut]
     shard.write_bytes(data)
-    report = build_anchor_cache(str(shard), ANCHOR, batch_size=8, device="cpu", progress=False)
+    report = build_anchor_cache(str(shard), ANCHOR, batch_size=8, device="cpu", progress=False, in_place=True)
     assert [f["shard"] for f in report.failed_shards] == [str(shard)]
     assert "truncated" in report.failed_shards[0]["reason"]
     assert shard.read_bytes() == data, "left untouched"
@@ -282,7 +283,7 @@ KILL_AT_FIRST_REPLACE = textwrap.dedent("""
         from anchorbind.data.cache import build_anchor_cache
         from tests.data_utils import ANCHOR_CONFIG
         build_anchor_cache(str(out), {"weights": ANCHOR_CONFIG.weights, "image_size": ANCHOR_CONFIG.image_size},
-                           device="cpu", progress=False)
+                           device="cpu", progress=False, in_place=mode == "cache", num_workers=0)
 """)
 
 
@@ -324,8 +325,17 @@ def test_killed_shards_world_and_cache_leave_nothing_read_and_the_next_run_clean
     stale = [n for n in leftovers(out) if n != alive.name]
     assert stale and all(".caching-" in n for n in stale)
     assert expand_shards(str(out)) == [str(out / "data-000000.tar"), str(out / "data-000001.tar")]
-    build_anchor_cache(str(out), ANCHOR, device="cpu", progress=False)
+    build_anchor_cache(str(out), ANCHOR, device="cpu", progress=False, in_place=True)
     assert leftovers(out) == [alive.name]
+    after_in_place = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    # sidecar cache: killed when its first sidecar is complete; the data is never touched
+    kill_during("sidecar", out)
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == after_in_place
+    stale = [n for n in leftovers(out / "anchor-cache") if ".writing-" in n]
+    assert stale, leftovers(out / "anchor-cache")
+    report = build_anchor_cache(str(out), ANCHOR, device="cpu", progress=False, num_workers=0)
+    assert len(report.written) == 2 and not leftovers(out / "anchor-cache")
+    assert expand_shards(str(out)) == [str(out / "data-000000.tar"), str(out / "data-000001.tar")]
 
 
 # ------------------------------------------------------------------------------ 3. bounded memory and time

@@ -214,12 +214,13 @@ def test_a_sparse_modality_is_trained_and_steps_without_it_log_an_empty_cell(wor
 # --------------------------------------------------------------------------- a cache built for another anchor
 @pytest.fixture(scope="module")
 def other_anchor_cache(world_dir, tmp_path_factory) -> tuple[Path, str, str]:
-    """World training shards cached by `anchorbind cache` at 64 px (the tiny config's anchor is 96 px);
+    """World training shards cached in place by `anchorbind cache` at 64 px (the tiny config's anchor is 96 px);
     returns them with the cached and the model's anchor identities."""
     root = tmp_path_factory.mktemp("other_cache")
     shutil.copytree(world_dir / "train", root / "shards")
     (root / "anchor.yaml").write_text(yaml.safe_dump({"anchor": {"weights": "packaged", "image_size": 64}}))
-    assert cache_main([str(root / "shards"), "--anchor-config", str(root / "anchor.yaml"), "--no-progress"]) == 0
+    assert cache_main([str(root / "shards"), "--anchor-config", str(root / "anchor.yaml"), "--no-progress",
+                       "--in-place"]) == 0
     cached = json.loads((root / "shards" / "world-000000.tar.anchor.json").read_text())["identity"]
     model = FrozenAnchor(AnchorConfig(weights="packaged", image_size=96)).identity
     assert cached != model
@@ -227,7 +228,8 @@ def other_anchor_cache(world_dir, tmp_path_factory) -> tuple[Path, str, str]:
 
 
 def _cfg(shards: Path, anchor: str) -> SimpleNamespace:
-    return SimpleNamespace(data=SimpleNamespace(anchor=anchor, train_shards=str(shards)))
+    return SimpleNamespace(data=SimpleNamespace(anchor=anchor, train_shards=str(shards), anchor_cache=None,
+                                                read_timeout_s=5, batch_timeout_s=None))
 
 
 def _model(identity: str) -> SimpleNamespace:
@@ -236,9 +238,9 @@ def _model(identity: str) -> SimpleNamespace:
 
 def test_resolve_anchor_source_reports_a_cache_for_another_anchor(other_anchor_cache, tmp_path):
     shards, cached, model = other_anchor_cache
-    assert resolve_anchor_source(_cfg(shards, "auto"), _model(cached)) == (True, None)
-    assert resolve_anchor_source(_cfg(shards, "live"), _model(model)) == (False, None)
-    use, note = resolve_anchor_source(_cfg(shards, "auto"), _model(model))
+    assert resolve_anchor_source(_cfg(shards, "auto"), _model(cached)) == (True, None, [None, None, None])
+    assert resolve_anchor_source(_cfg(shards, "live"), _model(model)) == (False, None, [])
+    use, note, _ = resolve_anchor_source(_cfg(shards, "auto"), _model(model))
     assert not use and note.startswith(f"cache built for {cached}, model anchor is {model}: running the anchor live")
     with pytest.raises(ConfigError, match=r"cache built for .*64x64, model anchor is .*96x96") as refused:
         resolve_anchor_source(_cfg(shards, "cache"), _model(model))
@@ -254,10 +256,10 @@ def test_resolve_anchor_source_reports_a_cache_for_another_anchor(other_anchor_c
             for member in fin.getmembers():
                 if not member.name.endswith((".anchor.npy", ".anchor_id.txt")):
                     fout.addfile(member, io.BytesIO(fin.extractfile(member).read()))
-    use, note = resolve_anchor_source(_cfg(partial, "auto"), _model(cached))
+    use, note, _ = resolve_anchor_source(_cfg(partial, "auto"), _model(cached))
     assert not use and "covers the first 1 shard(s) but not" in note and "world-000001.tar and the 1 shard" in note
-    assert resolve_anchor_source(_cfg(partial / "world-000000.tar", "auto"), _model(cached)) == (True, None)
-    with pytest.raises(FileNotFoundError, match="carries no anchor cache"):
+    assert resolve_anchor_source(_cfg(partial / "world-000000.tar", "auto"), _model(cached)) == (True, None, [None])
+    with pytest.raises(FileNotFoundError, match="has no anchor cache"):
         resolve_anchor_source(_cfg(partial, "cache"), _model(cached))
 
 

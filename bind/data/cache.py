@@ -1,12 +1,21 @@
-"""``anchorbind cache``: store the frozen anchor's embedding with every sample, once.
+"""``anchorbind cache``: compute the frozen anchor's embedding of every sample, once.
 
 Training then reads a float16 vector per sample instead of decoding the image and running the
 image encoder, the dominant cost of binding on a CPU (see ``bench/bench_train.py``).
 
-Each shard is rewritten with two members added to every sample whose image decodes:
-``anchor.npy`` (float16, shape ``(D,)``) and ``anchor_id.txt`` (the anchor's identity:
-architecture, weight source and hash, resolution). The loader refuses a cache whose identity
-differs from the training run's anchor. Safety and resumption:
+By default the cache is written as **sidecar shards** (:mod:`anchorbind.data.anchor_store`):
+one small tar per data shard, in an ``anchor-cache/<anchor digest>/`` folder beside the shards
+(or under ``--out``), keyed by sample key and anchor identity. The data shards are only read,
+from wherever they are (local files, ``http(s)``, ``pipe:`` commands: the loader's streaming,
+with its timeouts and retries), so remote or read-only data can be cached, and caches of several
+anchors live side by side. Training finds a matching cache by itself (``data.anchor: auto``;
+``data.anchor_cache`` when the sidecars are not beside the shards). Building is resumable: a
+shard whose sidecar record matches is skipped (:mod:`anchorbind.data.sidecar_cache`).
+
+``--in-place`` keeps the former layout for local shards: each shard is rewritten with two
+members added to every sample whose image decodes, ``anchor.npy`` (float16, shape ``(D,)``) and
+``anchor_id.txt`` (the anchor's identity); the loader reads both layouts. Safety and resumption
+of the in-place rewrite:
 
 - every member is copied as it is (name, header, bytes, order), whatever webdataset would make of
   it (no extension, upper-case extensions, nested folders, several dots); only an earlier cache's
@@ -18,13 +27,15 @@ differs from the training run's anchor. Safety and resumption:
   removes (:mod:`anchorbind.data.tempfiles`);
 - when a shard is done, a sidecar ``<shard>.anchor.json`` records the identity, the counts and
   the shard's size; a rerun skips shards whose sidecar (or, lacking one, whose first cached
-  sample) carries this anchor's identity, so reruns resume where a run stopped;
-- under ``accelerate launch`` process ``p`` of ``n`` takes shards ``i`` with ``i % n == p``
-  (disjoint subsets; no collective is needed); a plain ``python`` run takes them all.
+  sample) carries this anchor's identity, so reruns resume where a run stopped.
+
+Either way, under ``accelerate launch`` process ``p`` of ``n`` takes shards ``i`` with
+``i % n == p`` (disjoint subsets; no collective is needed); a plain ``python`` run takes them all.
 
 Example::
 
     anchorbind cache data/train --anchor-config demo
+    anchorbind cache 'http://host/train/shard-{000000..000099}.tar' --out cache/ --anchor-config base
     accelerate launch --num_processes 2 -m anchorbind.cli cache data/train/*.tar
 """
 
@@ -48,8 +59,17 @@ from tqdm.auto import tqdm
 
 from anchorbind.anchor import AnchorConfig, FrozenAnchor
 from anchorbind.config import from_dict, load_yaml
-from anchorbind.data.shardlist import expand_shards
-from anchorbind.data.stages import ANCHOR_ID_KEY, ANCHOR_KEY
+from anchorbind.data.anchor_store import (
+    ANCHOR_ID_KEY,
+    ANCHOR_KEY,
+    default_root,
+    other_identities,
+    read_record,
+    read_records,
+)
+from anchorbind.data.shardlist import expand_shards, is_url
+from anchorbind.data.sidecar_cache import jobs_for, write_sidecars
+from anchorbind.data.streaming import StreamOptions, local_path
 from anchorbind.data.tempfiles import remove_stale
 from anchorbind.errors import ConfigError, InputError
 
@@ -132,12 +152,14 @@ class AnchorCacheStatus:
     Attributes:
         identity: the anchor identity asked about.
         shards: how many shards the spec names.
-        matching: how many shards, from the first, carry that identity's cache before
+        matching: how many shards, from the first, have that identity's cache before
             ``first_without`` (all of them when it is None).
-        first_without: the first shard that does not carry it (a remote URL never does: the
-            cache rewrites local files); None when every shard does.
-        found: the identity that shard's cache was built for; None when it has no cache (or is
-            remote).
+        first_without: the first shard that has none; None when every shard has one.
+        found: an identity that shard has a cache for instead (its in-place members, or a
+            sidecar of another anchor under a local cache root); None when none is seen.
+        sidecars: when complete, per shard the sidecar to read beside it, or None for a shard
+            that carries its cache in place (what :func:`anchorbind.data.loader.build_loader`
+            takes as ``anchor_sidecars``); empty otherwise.
     """
 
     identity: str
@@ -145,29 +167,50 @@ class AnchorCacheStatus:
     matching: int
     first_without: str | None = None
     found: str | None = None
+    sidecars: list[str | None] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
         return self.first_without is None
 
 
-def anchor_cache_status(shards: str | Sequence[str], identity: str) -> AnchorCacheStatus:
+def _in_place_identity(url: str) -> str | None:
+    path = local_path(url)
+    return shard_cache_identity(path) if path is not None and not url.startswith("pipe:") and path.is_file() else None
+
+
+def anchor_cache_status(shards: str | Sequence[str], identity: str, root: str | None = None,
+                        options: StreamOptions | None = None) -> AnchorCacheStatus:
     """Check the shards in order against ``identity``; stops at the first one without its cache.
 
-    Each local shard is read through :func:`shard_cache_identity` (its sidecar, else the tar
-    headers up to the first ``anchor_id.txt`` member).
+    A shard has the cache when its sidecar record (under ``root``, default ``anchor-cache``
+    beside it; remote records are fetched with the timeouts of ``options``) is for ``identity``
+    and, for a local shard, its size; or when it carries the cache in place (its
+    ``<shard>.anchor.json``, else its first ``anchor_id.txt`` member).
     """
     urls = expand_shards(shards)
+    records = [read_record(urls[0], identity, root, options)] if urls else []
+    if urls and (records[0] is not None or _in_place_identity(urls[0]) == identity):
+        records += read_records(urls[1:], identity, root, options)  # the rest only if the first has a cache
+    else:
+        records += [None] * (len(urls) - 1)
+    sidecars: list[str | None] = []
     for index, url in enumerate(urls):
-        found = shard_cache_identity(url) if Path(url).is_file() else None
-        if found != identity:
-            return AnchorCacheStatus(identity, len(urls), index, url, found)
-    return AnchorCacheStatus(identity, len(urls), len(urls))
+        if records[index] is not None:
+            sidecars.append(records[index][0])
+            continue
+        found = _in_place_identity(url)
+        if found == identity:
+            sidecars.append(None)
+            continue
+        others = other_identities(url, root)
+        return AnchorCacheStatus(identity, len(urls), index, url, found or (others[0] if others else None))
+    return AnchorCacheStatus(identity, len(urls), len(urls), sidecars=sidecars)
 
 
-def shards_have_anchor_cache(shards: str | Sequence[str], identity: str) -> bool:
-    """True when every shard is a local file carrying this anchor's cache (remote shards: False)."""
-    return anchor_cache_status(shards, identity).complete
+def shards_have_anchor_cache(shards: str | Sequence[str], identity: str, root: str | None = None) -> bool:
+    """True when every shard has this anchor's cache (a sidecar, or in place)."""
+    return anchor_cache_status(shards, identity, root).complete
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -333,22 +376,55 @@ def _anchor(anchor_config: AnchorConfig | Mapping[str, Any] | None) -> FrozenAnc
     return FrozenAnchor(from_dict(AnchorConfig, anchor_config or {}, where="anchor"))
 
 
+def _process_share(accelerator: Any, device: str | torch.device | None) -> tuple[int, int, torch.device]:
+    if accelerator is not None:
+        return accelerator.process_index, accelerator.num_processes, accelerator.device
+    return 0, 1, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _cache_roots(urls: Sequence[str], out: str | os.PathLike[str] | None) -> Any:
+    """``url -> local cache root``: ``out``, else ``anchor-cache`` beside each local shard.
+
+    Raises:
+        ConfigError: ``out`` is not a local folder, or a shard is remote and no ``out`` is given.
+    """
+    if out is not None:
+        if is_url(os.fspath(out)):
+            raise ConfigError(f"--out {out}: the cache is written to a local folder (copy or serve it from there; "
+                              "training reads it from a URL with data.anchor_cache)")
+        return lambda url: os.fspath(out)
+    remote = [u for u in urls if is_url(u)]
+    if remote:
+        raise ConfigError(f"{remote[0]} is not a local file: give --out FOLDER for its anchor cache (serve that "
+                          f"folder as {default_root(remote[0]) or 'a URL'}, or point data.anchor_cache at it)")
+    return lambda url: default_root(url)
+
+
 def build_anchor_cache(
     shards: str | Sequence[str],
     anchor_config: AnchorConfig | Mapping[str, Any] | None = None,
     *,
+    out: str | os.PathLike[str] | None = None,
+    in_place: bool = False,
     batch_size: int = 64,
+    num_workers: int = 2,
+    stream: StreamOptions | None = None,
     accelerator: Any = None,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> CacheReport:
-    """Cache the anchor's embeddings in local ``shards``; only this process's share when distributed.
+    """Cache the anchor's embeddings of ``shards``; only this process's share when distributed.
 
     Args:
-        shards: local shard paths, or a spec that expands to them (directory, braces, glob).
+        shards: a shard spec (local paths, directories, braces, globs, ``http(s)`` or ``pipe:`` URLs).
         anchor_config: the anchor to run; must equal the training run's ``model.anchor``, whose
-            identity the loader checks.
+            identity training looks for.
+        out: the cache root for sidecars (a local folder); default ``anchor-cache`` beside the
+            shards (needs local shards).
+        in_place: rewrite local shards with the embeddings instead (module docstring).
         batch_size: images per anchor forward pass.
+        num_workers: loader processes that read and decode shards while the anchor runs (sidecars).
+        stream: timeouts and retries for reading remote shards.
         accelerator: an ``accelerate.Accelerator`` or ``None``; shard ``i`` goes to process
             ``i % num_processes``, and the anchor runs on ``accelerator.device``.
         device: where the anchor runs without an accelerator (default: CUDA if available).
@@ -358,29 +434,65 @@ def build_anchor_cache(
         This process's :class:`CacheReport` (a shard that fails is reported there, not raised).
 
     Raises:
-        FileNotFoundError: a shard is not a local file (the cache rewrites shards in place).
+        FileNotFoundError: ``in_place`` and a shard is not a local file.
+        ConfigError: sidecars for remote shards without ``out``; ``out`` not local; two shards
+            with one file name under one root.
     """
     urls = expand_shards(shards)
-    remote = [u for u in urls if not Path(u).is_file()]
-    if remote:
-        raise FileNotFoundError(f"the anchor cache rewrites shards in place; these are not local files: {remote[:3]}")
+    if in_place:
+        remote = [u for u in urls if not Path(u).is_file()]
+        if remote:
+            raise FileNotFoundError(f"--in-place rewrites shards; these are not local files: {remote[:3]} "
+                                    "(leave out --in-place to write sidecars)")
+    root_of = None if in_place else _cache_roots(urls, out)
     anchor = _anchor(anchor_config)
-    if accelerator is not None:
-        index, count, run_on = accelerator.process_index, accelerator.num_processes, accelerator.device
-    else:
-        index, count = 0, 1
-        run_on = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    index, count, run_on = _process_share(accelerator, device)
     anchor.to(run_on)
-    mine = [Path(u) for i, u in enumerate(urls) if i % count == index]
+    mine = [u for i, u in enumerate(urls) if i % count == index]
+    bar = tqdm(total=len(mine), desc=f"cache[{index}]", disable=not progress, unit="shard")
+    try:
+        if in_place:
+            return _cache_in_place(anchor, [Path(u) for u in mine], batch_size, run_on, bar)
+        return _cache_sidecars(anchor, mine, root_of, batch_size, num_workers, stream or StreamOptions(), run_on, bar)
+    finally:
+        bar.close()
+
+
+def _cache_sidecars(anchor: FrozenAnchor, urls: Sequence[str], root_of: Any, batch_size: int, num_workers: int,
+                    stream: StreamOptions, device: torch.device, bar: Any) -> CacheReport:
     report = CacheReport()
-    for path in tqdm(mine, desc=f"cache[{index}]", disable=not progress, unit="shard"):
+    todo = []
+    for url in urls:
+        if read_record(url, anchor.identity, root_of(url)) is not None:
+            report.skipped.append(url)
+            bar.update(1)
+        else:
+            todo.append(url)
+    try:
+        jobs = jobs_for(todo, anchor.identity, root_of)
+    except (ValueError, OSError) as err:
+        raise ConfigError(str(err)) from None
+    outcome = write_sidecars(anchor, jobs, batch_size=batch_size, num_workers=num_workers, device=device,
+                             options=stream, progress=bar)
+    report.written.extend(outcome.written)
+    report.samples += outcome.samples
+    report.failures.extend(outcome.failures)
+    report.failed_shards.extend(outcome.failed_shards)
+    return report
+
+
+def _cache_in_place(anchor: FrozenAnchor, paths: Sequence[Path], batch_size: int, device: torch.device,
+                    bar: Any) -> CacheReport:
+    report = CacheReport()
+    for path in paths:
+        bar.update(1)
         # a killed run's temporaries of this process's shards only (another process may own the rest)
         remove_stale(path.parent, names=[path.name, sidecar_path(path).name])
         if shard_cache_identity(path) == anchor.identity:
             report.skipped.append(str(path))
             continue
         try:
-            cache_shard(anchor, path, batch_size=batch_size, device=run_on, report=report)
+            cache_shard(anchor, path, batch_size=batch_size, device=device, report=report)
         except (OSError, tarfile.TarError, ValueError) as err:
             report.failed_shards.append({"shard": str(path), "reason": f"{type(err).__name__}: {err}"})
             continue
@@ -400,17 +512,28 @@ def _anchor_section(path: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``anchorbind cache SHARDS... [--anchor-config YAML] [--batch-size N]``; one JSON line per process.
+    """``anchorbind cache SHARDS... [--out DIR | --in-place] [--anchor-config YAML]``; one JSON line per process.
 
-    Returns 1 when a shard could not be cached (it is left as it was), else 0.
+    Returns 1 when a shard could not be cached (it is reported and left as it was), else 0.
     """
     parser = argparse.ArgumentParser(prog="anchorbind cache", description=__doc__.split("\n\n")[0],
                                      epilog="Run under `accelerate launch` to split the shards over processes.")
-    parser.add_argument("shards", nargs="+", help="local shards, shard directories, globs or brace patterns")
+    parser.add_argument("shards", nargs="+", help="shards: paths, directories, globs, brace patterns, "
+                                                  "http(s):// or pipe: URLs")
     parser.add_argument("--anchor-config", "--config", dest="anchor_config", type=Path,
                         help="YAML with the anchor: a training config (its model.anchor), an `anchor:` section, "
                              "or AnchorConfig fields; default: the default anchor")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, help="local folder for the sidecar cache (default: anchor-cache beside "
+                                                 "local shards; required for URLs)")
+    where.add_argument("--in-place", action="store_true", help="rewrite local shards with the embeddings instead of "
+                                                               "writing sidecars (the former layout)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    parser.add_argument("--workers", type=int, default=2, help="processes reading and decoding shards (default 2)")
+    parser.add_argument("--read-timeout-s", type=float, default=60.0,
+                        help="a remote shard with no data for this long is retried (default 60)")
+    parser.add_argument("--retries", type=int, default=5, help="attempts after a failed read before a shard is "
+                                                               "reported as failed (default 5)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     accelerator = None
@@ -421,9 +544,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     process = accelerator.process_index if accelerator is not None else 0
     try:
         anchor_cfg = _anchor_section(args.anchor_config) if args.anchor_config else {}
-        report = build_anchor_cache(args.shards, anchor_cfg, batch_size=args.batch_size, accelerator=accelerator,
-                                    progress=not args.no_progress and (accelerator is None
-                                                                       or accelerator.is_local_main_process))
+        report = build_anchor_cache(
+            args.shards, anchor_cfg, out=args.out, in_place=args.in_place, batch_size=args.batch_size,
+            num_workers=args.workers, stream=StreamOptions(read_timeout_s=args.read_timeout_s, retries=args.retries),
+            accelerator=accelerator,
+            progress=not args.no_progress and (accelerator is None or accelerator.is_local_main_process))
     except (ConfigError, FileNotFoundError) as err:
         print(f"anchorbind cache: error: {err}", file=sys.stderr)
         return 2

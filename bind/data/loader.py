@@ -179,6 +179,7 @@ def build_loader(
     stream: StreamOptions | None = None,
     use_anchor_cache: bool = False,
     anchor_identity: str | None = None,
+    anchor_sidecars: Sequence[str | None] | None = None,
     handler: str = "warn",
     keep_key: Callable[[str], bool] | None = None,
 ) -> ShardLoader:
@@ -215,6 +216,10 @@ def build_loader(
             ``anchorbind cache``) into ``batch["image_embedding"]``.
         anchor_identity: the identity (``FrozenAnchor.identity``) the cache must have been
             computed with; a cache from another anchor is refused.
+        anchor_sidecars: per shard (as expanded), the anchor-cache sidecar to read beside it
+            (:mod:`anchorbind.data.anchor_store`), or None for a shard that carries its cache
+            itself (``anchorbind cache --in-place``); found by
+            :func:`anchorbind.data.cache.anchor_cache_status`. Default: every shard carries its own.
         handler: ``"warn"``: record each failure in ``batch["errors"]`` and skip what failed;
             ``"raise"``: raise :class:`~anchorbind.errors.InputError` naming the shard, key and reason
             at the first failure.
@@ -255,6 +260,12 @@ def build_loader(
     stream = stream or StreamOptions()
     processors = {name: _processor_of(name, p) for name, p in processors.items()}
     urls = tuple(expand_shards(shards))
+    sidecars = None
+    if use_anchor_cache and anchor_sidecars is not None:
+        sidecars = tuple(anchor_sidecars)
+        if len(sidecars) != len(urls):
+            raise ValueError(f"anchor_sidecars has {len(sidecars)} entries for {len(urls)} shards")
+        sidecars = sidecars if any(s is not None for s in sidecars) else None
     rank, world_size = rank_and_world()
     workers = max(num_workers, 1)
     errors = ErrorLog(max_consecutive=MAX_CONSECUTIVE_FAILURES if train and epochs is None else None)
@@ -281,12 +292,14 @@ def build_loader(
         plan = ReaderPlan(urls, None if sizes is None else tuple(sizes), sampling, seed, rank, world_size, workers,
                           rotation=0 if start is None else start.batches % workers, batch_size=batch_size,
                           shuffle_block=max(shuffle_buffer, 1), first_epoch=epoch, epochs=epochs,
-                          start=None if start is None else tuple(start.positions))
+                          start=None if start is None else tuple(start.positions), sidecars=sidecars,
+                          identity=anchor_identity)
         # every reader's share must hold a batch: checked here, in the calling process, not in a worker
         reader_segments(epoch_order(len(urls), seed=seed, epoch=epoch, sampling=sampling), plan.sizes, slot=0,
                         slots=world_size * workers, batch_size=batch_size)
     else:
-        plan = ReaderPlan(urls, None, None, seed, rank, world_size, workers)
+        plan = ReaderPlan(urls, None, None, seed, rank, world_size, workers, sidecars=sidecars,
+                          identity=anchor_identity)
     failed = FailedShards(stream.max_failed_shards)
 
     stages: list[Any] = [functools.partial(read_planned, plan, options=stream, errors=errors, failed=failed,

@@ -38,6 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from anchorbind.data.anchor_store import (
+    ANCHOR_ERROR_KEY,
+    ANCHOR_ID_KEY,
+    ANCHOR_KEY,
+    AnchorCacheMismatch,
+    attach_cached,
+)
 from anchorbind.data.sampler import epoch_order, mix_seed, reader_segments, start_position
 from anchorbind.data.streaming import ShardUnreadable, StreamOptions, shard_samples
 from anchorbind.errors import AnchorBindError, InputError
@@ -59,16 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("anchorbind.data")
-
-ANCHOR_KEY = "anchor.npy"
-"""Member holding a sample's cached anchor embedding: float16, shape ``(D,)``."""
-ANCHOR_ID_KEY = "anchor_id.txt"
-"""Member holding the identity of the anchor that computed ``anchor.npy``."""
-
-
-class AnchorCacheMismatch(AnchorBindError):
-    """Cached anchor embeddings were computed by a different anchor than the one in use."""
-
 
 class LoaderInputError(InputError):
     """An :class:`InputError` raised inside the loader (``handler="raise"``).
@@ -211,6 +208,9 @@ class ReaderPlan:
         batch_size, shuffle_block: batch and shuffle block sizes (training).
         first_epoch, epochs: the epoch a fresh stream starts in; how many it yields (None: endless).
         start: per-role positions to resume from (None: the start of ``first_epoch``).
+        sidecars: per shard, the anchor-cache sidecar read beside it (None: the shard carries
+            its cache itself, or no cache is read); None when no sidecar is read at all.
+        identity: the anchor identity the sidecars hold.
     """
 
     urls: tuple[str, ...]
@@ -226,6 +226,11 @@ class ReaderPlan:
     first_epoch: int = 0
     epochs: int | None = None
     start: tuple[dict[str, int], ...] | None = None
+    sidecars: tuple[str | None, ...] | None = None
+    identity: str | None = None
+
+    def sidecar(self, shard: int) -> str | None:
+        return None if self.sidecars is None else self.sidecars[shard]
 
     def role(self) -> int:
         info = torch.utils.data.get_worker_info()
@@ -234,20 +239,35 @@ class ReaderPlan:
 
 
 def _read_segment(url: str, start: int, stop: int | None, *, options: StreamOptions, errors: ErrorLog,
-                  failed: FailedShards, raise_errors: bool) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Samples ``[start, stop)`` of one shard; a shard given up is recorded (and counted) instead."""
+                  failed: FailedShards, raise_errors: bool, sidecar: str | None = None,
+                  identity: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Samples ``[start, stop)`` of one shard, with its anchor-cache ``sidecar`` when given (read in
+    lockstep, :mod:`anchorbind.data.anchor_store`); a shard given up is recorded (and counted) instead."""
     errors.current_url = url
     handler = errors.raise_tar_error if raise_errors else errors.tar_handler
     try:
-        yield from shard_samples(url, options, start=start, stop=stop, handler=handler)
+        samples = shard_samples(url, options, start=start, stop=stop, handler=handler)
+        if sidecar is not None:
+            cached = shard_samples(sidecar, options, start=start, stop=stop, handler=_raise)
+            try:
+                yield from attach_cached(samples, cached, identity=identity or "", sidecar=sidecar)
+            finally:
+                cached.close()
+        else:
+            yield from samples
     except ShardUnreadable as err:
         if raise_errors:
             raise LoaderInputError(url, f"unreadable shard ({err})") from None
         log.warning("giving up shard %s", err)
-        errors.record(key=None, url=url, modality=None, reason=f"shard skipped: {err.reason} "
+        where = "" if err.url == url else f" (its anchor cache {err.url})"
+        errors.record(key=None, url=url, modality=None, reason=f"shard skipped{where}: {err.reason} "
                       f"({err.attempts} attempt{'s' if err.attempts != 1 else ''})")
         failed.add(url, err.reason)
         errors.failed()
+
+
+def _raise(exn: Exception) -> bool:
+    raise exn  # a sidecar is written whole by ``anchorbind cache``: any damage is the shard's failure
 
 
 def read_planned(plan: ReaderPlan, *, options: StreamOptions, errors: ErrorLog, failed: FailedShards,
@@ -262,9 +282,10 @@ def read_planned(plan: ReaderPlan, *, options: StreamOptions, errors: ErrorLog, 
     read = {"options": options, "errors": errors, "failed": failed, "raise_errors": raise_errors}
     role = plan.role()
     if plan.sampling is None:
-        mine = [url for i, url in enumerate(plan.urls) if i % plan.world_size == plan.rank]
-        for url in mine[role::plan.workers]:
-            for _, sample in _read_segment(url, 0, None, **read):
+        mine = [i for i in range(len(plan.urls)) if i % plan.world_size == plan.rank]
+        for index in mine[role::plan.workers]:
+            for _, sample in _read_segment(plan.urls[index], 0, None, sidecar=plan.sidecar(index),
+                                           identity=plan.identity, **read):
                 yield sample
         return
     slot, slots = plan.rank * plan.workers + role, plan.world_size * plan.workers
@@ -286,7 +307,8 @@ def read_planned(plan: ReaderPlan, *, options: StreamOptions, errors: ErrorLog, 
         for index in range(first, len(segments)):
             segment = segments[index]
             skip = position["offset"] if resuming and index == first else 0
-            for number, sample in _read_segment(plan.urls[segment.shard], segment.start + skip, segment.stop, **read):
+            for number, sample in _read_segment(plan.urls[segment.shard], segment.start + skip, segment.stop,
+                                                sidecar=plan.sidecar(segment.shard), identity=plan.identity, **read):
                 sample["__src__"] = (epoch, index, number - segment.start)
                 sample["__seed__"] = mix_seed(plan.seed, epoch, segment.order_index, number)
                 yield sample
@@ -446,7 +468,9 @@ def _read_anchor_cache(sample: Mapping[str, Any], out: dict[str, Any], identity:
     if ANCHOR_KEY not in sample:
         if not any(k in sample for k in IMAGE_SAMPLE_KEYS):
             return 0  # no image, so no embedding to expect
-        reason = "no cached anchor embedding (the image failed when caching, or the shard was never cached)"
+        why = bytes(sample.get(ANCHOR_ERROR_KEY, b"")).decode("utf-8", "replace").strip()
+        reason = (f"no cached anchor embedding: {why}" if why else
+                  "no cached anchor embedding (the image failed when caching, or the shard was never cached)")
     else:
         cached_id = bytes(sample.get(ANCHOR_ID_KEY, b"")).decode("utf-8", "replace").strip()
         if cached_id != identity:

@@ -38,6 +38,10 @@ class DataConfig:
         anchor: ``cache`` reads stored anchor embeddings (``anchorbind cache``), ``live`` runs the
             frozen anchor on decoded images, ``auto`` uses the cache when the shards carry this
             anchor's (and says so when they carry another anchor's).
+        anchor_cache: where the anchor cache's sidecars are (``anchorbind.data.anchor_store``):
+            a folder, an ``http(s)`` URL, or a template with ``{name}``
+            (``pipe:aws s3 cp s3://bucket/cache/{name} -``); null: ``anchor-cache`` beside the
+            shards (a local folder or the same server).
         missing_modalities: what to do with plugins whose modality no training sample carries:
             ``error`` (stop, naming them), ``ignore`` (train the others; those plugins stay as
             built, with no loss term), or a list of the plugins that may be missing (ignored when
@@ -66,6 +70,7 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 1000
     anchor: str = "auto"
+    anchor_cache: str | None = None
     missing_modalities: str | list[str] = "error"
     modality_lookahead: int = 1000
     sampling: str = "epoch"

@@ -41,26 +41,36 @@ class DataPlan:
         use_cache: read cached anchor embeddings instead of running the anchor.
         untrained: plugins left out of training (no sample carries their modality).
         notes: lines the main process logs as warnings (each said once).
+        sidecars: per training shard, the anchor-cache sidecar the loader reads beside it (None:
+            the shard carries its cache); empty without a cache.
     """
 
     use_cache: bool
     untrained: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sidecars: list[str | None] = field(default_factory=list)
 
 
-def resolve_anchor_source(cfg: TrainConfig, model: BindModel) -> tuple[bool, str | None]:
-    """``(use the cache, a line to log or None)`` for ``data.anchor`` and the shards' cache.
+def resolve_anchor_source(cfg: TrainConfig, model: BindModel) -> tuple[bool, str | None, list[str | None]]:
+    """``(use the cache, a line to log or None, the sidecars)`` for ``data.anchor`` and the shards' cache.
+
+    The cache is looked for as sidecars under ``data.anchor_cache`` (default: ``anchor-cache``
+    beside the shards, local or served) and in the shards themselves
+    (:func:`anchorbind.data.cache.anchor_cache_status`); ``sidecars`` is what the loader reads
+    (empty when the cache is not used).
 
     Raises:
         ConfigError: ``data.anchor: cache`` and the shards' cache was built for another anchor.
-        FileNotFoundError: ``data.anchor: cache`` and a shard carries no cache (or is remote).
+        FileNotFoundError: ``data.anchor: cache`` and a shard has no cache.
     """
     if cfg.data.anchor == "live":
-        return False, None
+        return False, None, []
     identity = model.anchor.identity
-    status = anchor_cache_status(cfg.data.train_shards, identity)
+    wait = cfg.data.read_timeout_s or cfg.data.batch_timeout_s or LOOKAHEAD_STREAM.read_timeout_s
+    status = anchor_cache_status(cfg.data.train_shards, identity, cfg.data.anchor_cache,
+                                 StreamOptions(read_timeout_s=wait, retries=0))
     if status.complete:
-        return True, None
+        return True, None, status.sidecars
     where = f"{status.first_without}" + (f" and the {status.shards - status.matching - 1} shard(s) after it"
                                          if status.shards - status.matching > 1 else "")
     if cfg.data.anchor == "cache":
@@ -71,17 +81,23 @@ def resolve_anchor_source(cfg: TrainConfig, model: BindModel) -> tuple[bool, str
                 "your training config), or set data.anchor=live"
             )
         raise FileNotFoundError(
-            f"data.anchor=cache but {status.first_without} (in {cfg.data.train_shards}) carries no anchor cache "
-            f"for {identity}; run `anchorbind cache` first or set data.anchor=live"
+            f"data.anchor=cache but {status.first_without} (in {cfg.data.train_shards}) has no anchor cache "
+            f"for {identity} ({_where_looked(cfg)}); run `anchorbind cache` first or set data.anchor=live"
         )
     if status.found is not None:
         return False, (f"cache built for {status.found}, model anchor is {identity}: running the anchor live "
                        f"(shard {status.first_without}; rerun `anchorbind cache` with the model's anchor to use "
-                       "a cache)")
+                       "a cache)"), []
     if status.matching:
         return False, (f"the anchor cache for {identity} covers the first {status.matching} shard(s) but not "
-                       f"{where}: running the anchor live (run `anchorbind cache` on them to use it)")
-    return False, None
+                       f"{where}: running the anchor live (run `anchorbind cache` on them to use it)"), []
+    return False, None, []
+
+
+def _where_looked(cfg: TrainConfig) -> str:
+    if cfg.data.anchor_cache:
+        return f"looked under data.anchor_cache {cfg.data.anchor_cache} and in the shards"
+    return "looked in anchor-cache/ beside the shards and in the shards; set data.anchor_cache if it is elsewhere"
 
 
 def _allowed_missing(cfg: TrainConfig, plugins: Sequence[str]) -> set[str]:
@@ -162,6 +178,6 @@ def _setting(cfg: TrainConfig) -> str:
 
 def plan_data(cfg: TrainConfig, model: BindModel) -> DataPlan:
     """Both checks, in order (the anchor source decides whether the anchor's members must exist)."""
-    use_cache, note = resolve_anchor_source(cfg, model)
+    use_cache, note, sidecars = resolve_anchor_source(cfg, model)
     untrained, untrained_note = untrained_plugins(cfg, model, use_cache=use_cache)
-    return DataPlan(use_cache, untrained, [n for n in (note, untrained_note) if n])
+    return DataPlan(use_cache, untrained, [n for n in (note, untrained_note) if n], sidecars)

@@ -213,10 +213,12 @@ def stream_options(cfg: TrainConfig) -> StreamOptions:
 
 
 def make_train_loader(cfg: TrainConfig, accelerator: Accelerator, model: BindModel, use_cache: bool,
-                      plugins: Sequence[str] | None = None, saved: Any = None, *, resumed: bool = False) -> ShardLoader:
+                      plugins: Sequence[str] | None = None, saved: Any = None, *, resumed: bool = False,
+                      sidecars: Sequence[str | None] | None = None) -> ShardLoader:
     """The run's one training loader, endless, at the position in ``saved`` (a checkpoint's
     ``loader_state.json``) when ``resumed``.
 
+    ``sidecars``: the anchor cache's sidecar beside each shard, when ``use_cache`` (the data plan's).
     ``plugins``: the modalities decoded (default: every plugin's); a plugin left out of training
     (``data.missing_modalities``) is never decoded, so it never enters a batch. The shards'
     sample counts, which set the split, are found by the main process and given to every
@@ -251,6 +253,7 @@ def make_train_loader(cfg: TrainConfig, accelerator: Accelerator, model: BindMod
             stream=options,
             use_anchor_cache=use_cache,
             anchor_identity=model.anchor.identity,
+            anchor_sidecars=sidecars or None,
         )
 
     if not resumed:
@@ -460,7 +463,7 @@ def _run(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path, *, resume
     while state["step"] < cfg.steps:
         if batches is None:
             loader = make_train_loader(cfg, accelerator, bind_model, use_cache, trained_names, saved_loader,
-                                       resumed=state["step"] > 0)
+                                       resumed=state["step"] > 0, sidecars=data_plan.sidecars)
             batches = iter(loader)
         step_finite, step_samples = True, 0
         seen = [0.0] * len(plugin_names)  # processes x micro-batches that had each plugin's modality
