@@ -21,6 +21,13 @@ from anchorbind.evaluation import figures
 from anchorbind.evaluation.evaluate import EMBEDDINGS_FILE, METRICS_FILE
 from anchorbind.evaluation.extract import EmbeddingSet
 from anchorbind.evaluation.schema import GROUP_ORDER
+from anchorbind.metrics.significance import (
+    compare_estimates,
+    estimate,
+    proportion_estimate,
+    word_comparison,
+    word_correlation,
+)
 from anchorbind.registry import ANCHOR_MODALITY, caption_modality, text_modalities
 
 __all__ = ["main", "similarity_pairs", "write_report"]
@@ -48,6 +55,49 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _interval(ci: Sequence[float] | None) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
+
+
+def _p(value: float | None) -> str:
+    """A p-value with two significant digits; tiny ones as ``<0.001`` (more digits claim nothing)."""
+    if value is None:
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.2g}"
+
+
+def _index_cell(value: float | None, summary: Mapping[str, Any]) -> str:
+    """``0.516 [0.422, 0.612]``: the index with its bootstrap interval, ``–`` when undefined."""
+    if value is None:
+        return "–"
+    ci = summary.get("index_ci95")
+    return f"{value:.3f} {_interval(ci)}" if ci else f"{value:.3f}"
+
+
+def _index_estimate(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's index as an estimate: one training seed, spread from the bootstrap over evaluation samples."""
+    return estimate(summary.get("index"), sem=summary.get("index_std"), n=1, unit="seed",
+                    ci95=summary.get("index_ci95"))
+
+
+def _recall_estimate(rate: float | None, queries: int | None) -> dict[str, Any]:
+    """A recall over ``queries`` independent queries (one training seed): Wilson interval."""
+    if rate is None or not queries:
+        return estimate(None, sem=None, n=int(queries or 0), unit="queries")
+    return proportion_estimate(rate, int(queries), unit="queries")
+
+
+def _short_verdict(a: Mapping[str, Any], b: Mapping[str, Any], label_a: str, label_b: str) -> str:
+    """``emergent < direct (p=0.003, n=200 vs 200 queries)`` or ``no significant difference (…)``, for a cell."""
+    result = compare_estimates(a, b)
+    counts = f"n={a.get('n')} vs {b.get('n')} {a.get('unit', '')}".rstrip()
+    if result["verdict"] in (">", "<"):
+        return f"{label_a} {result['verdict']} {label_b} (p={result['p_value']:.2g}, {counts})"
+    if result["verdict"] == "~":
+        return f"no significant difference (p={result['p_value']:.2g}, {counts})"
+    return f"not tested ({result['reason']})"
 
 
 class _Figures:
@@ -78,20 +128,28 @@ def _headline(m: dict[str, Any], run_name: str) -> list[str]:
     parts = ["## Headline\n", "### Retrieval: trained vs emergent vs direct\n",
              _table(["kind", "pair", "category R@1", "instance R@1", "chance category R@1"], rows)]
     if m.get("emergent_vs_direct"):
-        parts.append(_table(["pair", "emergent ÷ direct (category R@1)", "(emergent − chance) ÷ (direct − chance)"],
-                            [[p, b.get("ratio/category/R@1"), b.get("ratio_above_chance/category/R@1")]
-                             for p, b in sorted(m["emergent_vs_direct"].items())]))
+        rows = []
+        for p, b in sorted(m["emergent_vs_direct"].items()):
+            level = "category" if "emergent/category/R@1" in b else "instance"
+            emergent, direct = _emergent_direct_estimates(m, p, b, level)
+            rows.append([p, level, b.get(f"ratio/{level}/R@1"), b.get(f"ratio_above_chance/{level}/R@1"),
+                         _short_verdict(emergent, direct, "emergent", "direct")])
+        parts.append(_table(["pair", "level", "emergent ÷ direct (R@1)", "(emergent − chance) ÷ (direct − chance)",
+                             "emergent vs direct R@1 (two-proportion test)"], rows))
+    summaries = {run_name: m.get("visiocentrism", {}).get("summary", {})}
+    summaries.update({Path(r).name: b.get("visiocentrism_summary", {}) for r, b in m.get("compare", {}).items()})
     indices = {run_name: m.get("visiocentrism", {}).get("index", {})}
     indices.update({Path(r).name: b.get("visiocentrism_index", {}) for r, b in m.get("compare", {}).items()})
     modalities = list(m["modalities"])
     header = ["modality", "zero-shot acc@1", "gap to image (centroid distance)", "true-pair cosine with image"]
-    header += [f"visiocentrism index ({run})" for run in indices]
+    header += [f"visiocentrism index, 95% CI ({run})" for run in indices]
     rows = []
     for name in modalities:
         zero_shot = m.get("zero_shot", {}).get(name, {})
         gap = m.get("gap", {}).get(f"image-{name}", {})
         rows.append([name, zero_shot.get("acc@1"), gap.get("centroid_distance"), gap.get("mean_pair_cosine"),
-                     *(idx.get(name) for idx in indices.values())])
+                     *(_index_cell(idx.get(name), summaries.get(run, {}).get(name, {}))
+                       for run, idx in indices.items())])
     parts += ["### Per modality\n", _table(header, rows)]
     return parts
 
@@ -145,11 +203,34 @@ def _retrieval(m: dict[str, Any], figs: _Figures, emb: EmbeddingSet) -> list[str
                 for p, b in sorted(m["emergent_vs_direct"].items())]
         parts += ["### Emergent vs direct\n", _table(
             ["pair", "emergent cat R@1", "direct cat R@1", "chance cat R@1", "ratio", "emergent inst R@1",
-             "direct inst R@1", "chance inst R@1", "ratio"], rows)]
+             "direct inst R@1", "chance inst R@1", "ratio"], rows), _emergent_vs_direct_words(m)]
     pairs = similarity_pairs(emb.modalities, m["retrieval"])
     parts.append(figs.link("category centroid similarity", figures.similarity_matrices(
         emb, pairs, figs.path("similarity.png"), label_attribute=m.get("label_attribute", "category"))))
     return parts
+
+
+def _emergent_direct_estimates(m: Mapping[str, Any], pair: str, block: Mapping[str, Any],
+                               level: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Emergent (this run) and direct (its baseline) R@1 of ``pair`` as estimates over their queries."""
+    ours = m.get("retrieval", {}).get(pair, {})
+    theirs = m.get("baselines", {}).get(block.get("baseline"), {}).get("retrieval", {}).get(pair, {})
+    return (_recall_estimate(block.get(f"emergent/{level}/R@1"), ours.get("num_pairs")),
+            _recall_estimate(block.get(f"direct/{level}/R@1"), theirs.get("num_pairs")))
+
+
+def _emergent_vs_direct_words(m: Mapping[str, Any]) -> str:
+    """One worded comparison per pair and level: a claim only where a two-proportion test makes it."""
+    lines = []
+    for pair, block in sorted(m["emergent_vs_direct"].items()):
+        for level in ("category", "instance"):
+            if f"emergent/{level}/R@1" in block:
+                emergent, direct = _emergent_direct_estimates(m, pair, block, level)
+                lines.append(f"- {pair}, {level} R@1: " + word_comparison("emergent", emergent, "direct", direct))
+    return ("Each R@1 with its Wilson 95 % interval over the evaluated queries; one training seed per run, so "
+            "the interval covers the evaluation sample, not training variation. A direction is claimed only "
+            "where a two-sided two-proportion test gives p < 0.05 (unpaired, which is conservative for the "
+            "shared queries).\n\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def _zero_shot_arithmetic_groupwise(m: dict[str, Any]) -> list[str]:
@@ -227,13 +308,18 @@ def _alignment(m: dict[str, Any], figs: _Figures) -> list[str]:
                                             "CKNNA@10"], rows)]
     sweep = m.get("alignment_across_checkpoints", {})
     if sweep.get("points"):
-        rows = [[group, measure, c.get("r"), c.get("p"), c.get("num_points"), c.get("undefined", "")]
+        rows = [[group, measure, c.get("r"), c.get("p"), c.get("num_points"),
+                 word_correlation(c.get("r"), c.get("p"), c.get("num_points")) if c.get("r") is not None else "",
+                 c.get("undefined", "")]
                 for group, block in sweep["pearson"].items() for measure, c in block.items()]
         parts += ["### Does alignment predict retrieval? (across checkpoints)\n",
                   f"Each checkpoint embeds the first {sweep['max_samples']} evaluation samples; Pearson r between "
                   "the alignment measure and plugin→image instance R@1, over all (checkpoint, plugin) points and "
                   "per plugin.\n",
-                  _table(["points", "alignment measure", "Pearson r", "p", "n", "undefined because"], rows),
+                  "A correlation is claimed only where p < 0.05; points of one plugin share a training run, so "
+                  "they are not independent and p is optimistic.\n",
+                  _table(["points", "alignment measure", "Pearson r", "p", "n", "reading", "undefined because"],
+                         rows),
                   figs.link("alignment vs retrieval", figures.alignment_scatter(
                       sweep["points"], figs.path("alignment_vs_retrieval.png")))]
     return parts
@@ -243,38 +329,37 @@ def _visiocentrism(m: dict[str, Any], figs: _Figures, run_name: str) -> list[str
     vis = m.get("visiocentrism", {})
     if not vis.get("probes"):
         return []
+    rule = vis.get("index_rule", {})
+    alpha, min_lift = rule.get("alpha", 0.05), rule.get("min_native_lift", 0.05)
     parts = ["## Visiocentrism\n",
              "Cross-validated linear-probe accuracy of each ground-truth attribute the modality's input carries, "
              "from the native trunk features and from the bound embedding. Relative loss = share of the native "
-             "features' above-chance accuracy that the bound embedding lost (clipped to [−1, 1]; undefined when "
-             "native is < 0.05 above chance). Index = mean relative loss on non-visual attributes − mean on "
-             "shared ones (> 0: binding to the image space loses non-visual information more).\n"]
+             "features' above-chance accuracy that the bound embedding lost (clipped to [−1, 1]). An attribute "
+             f"enters only when its native lift over chance is significant (one-sided binomial test of the "
+             f"out-of-fold native predictions against the majority rate, p < {alpha}) and at least {min_lift}; "
+             "otherwise its relative loss would divide by noise, and it is listed as excluded with the reason. "
+             "Index = mean relative loss on non-visual attributes − mean on shared ones (> 0: binding to the image "
+             "space loses non-visual information more). 95 % CI: bootstrap over the evaluated samples "
+             f"({rule.get('bootstrap_replicates', 'n/a')} replicates, seed {rule.get('seed', 'n/a')}); each run is "
+             "one training seed, so the interval does not include training variation.\n"]
     runs = {run_name: (m.get("uses_mitigation"), vis.get("summary", {}))}
     runs.update({Path(r).name: (b.get("uses_mitigation"), b.get("visiocentrism_summary", {}))
                  for r, b in m.get("compare", {}).items()})
     rows = []
     for run, (mitigated, summary) in runs.items():
         for name, s in summary.items():
-            rows.append([run, mitigated, name, s.get("index"),
+            rows.append([run, mitigated, name, s.get("index"), _interval(s.get("index_ci95")),
+                         _count(s.get("num_folds")),
                          *(s.get(f"mean_relative_loss/{g}") for g in GROUP_ORDER),
                          *(s.get(f"mean_bound_lift/{g}") for g in GROUP_ORDER)])
-    parts += [_table(["run", "mitigation", "modality", "index", *(f"rel. loss {g}" for g in GROUP_ORDER),
-                      *(f"bound − chance {g}" for g in GROUP_ORDER)], rows),
+    parts += [_table(["run", "mitigation", "modality", "index", "index 95% CI", "folds",
+                      *(f"rel. loss {g}" for g in GROUP_ORDER), *(f"bound − chance {g}" for g in GROUP_ORDER)], rows),
+              _index_comparisons(run_name, runs),
               figs.link("visiocentrism index", figures.visiocentrism_bars(
                   {run: {n: s.get("index") for n, s in summary.items()} for run, (_, summary) in runs.items()},
                   figs.path("visiocentrism.png")))]
     for name, probes in vis["probes"].items():
-        probed = {a: p for a, p in probes.items() if "native" in p}
-        if not probed:
-            continue
-        rows = [[a, p["group"], p["num_samples"], p["native"], p["bound"], p["chance"], p.get("relative_loss")]
-                for a, p in probed.items()]
-        not_carried = [a for a, p in probes.items() if not p.get("carried", True)]
-        parts += [f"### {name} (index {_fmt(vis['index'].get(name))})\n",
-                  _table(["attribute", "group", "N", "native", "bound", "chance", "relative loss"], rows),
-                  f"Not carried by {name} inputs (not probed): {', '.join(not_carried)}.\n" if not_carried else "",
-                  figs.link(f"probes {name}", figures.probe_bars(probed, f"What survives binding: {name}",
-                                                                 figs.path(f"probes_{name}.png")))]
+        parts += _modality_probes(name, probes, vis.get("summary", {}).get(name, {}), vis["index"].get(name), figs)
     for pair, block in vis.get("retrieval_by_attribute", {}).items():
         if block["kind"] not in ("emergent", "direct"):
             continue
@@ -287,6 +372,50 @@ def _visiocentrism(m: dict[str, Any], figs: _Figures, run_name: str) -> list[str
                   "carries it (a caption carries what it states).\n",
                   _table(["attribute", "group", "R@1", "chance", "lift", "queries"], rows)]
     return parts
+
+
+def _index_comparisons(run_name: str, runs: Mapping[str, tuple[Any, Mapping[str, Any]]]) -> str:
+    """This run's index against each ``--compare`` run's, worded only as strongly as a test allows."""
+    ours = runs[run_name][1]
+    lines = []
+    for other, (mitigated, summary) in runs.items():
+        if other == run_name:
+            continue
+        for name in ours:
+            if name in summary:
+                mine_label = f"{run_name} (mitigation {_fmt(runs[run_name][0])})"
+                other_label = f"{other} (mitigation {_fmt(mitigated)})"
+                lines.append(f"- {name}: " + word_comparison(mine_label, _index_estimate(ours[name]),
+                                                             other_label, _index_estimate(summary[name])))
+    if not lines:
+        return ""
+    return ("Index of this run against each compared run (two-sided test on the bootstrap standard errors, "
+            "p < 0.05; n = training seeds per run):\n\n" + "\n".join(lines) + "\n")
+
+
+def _modality_probes(name: str, probes: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any],
+                     index: float | None, figs: _Figures) -> list[str]:
+    """One modality's probe table, what was excluded from its index and why, and its figure."""
+    probed = {a: p for a, p in probes.items() if "native" in p}
+    if not probed:
+        return []
+    rows = [[a, p["group"], p["num_samples"], p["native"], _p(p.get("native_p_value")), p["bound"], p["chance"],
+             p.get("relative_loss"), _interval(p.get("relative_loss_ci95")),
+             "yes" if p.get("relative_loss") is not None else "no"]
+            for a, p in probed.items()]
+    not_carried = [a for a, p in probes.items() if not p.get("carried", True)]
+    excluded = {a: p["excluded"] for a, p in probed.items() if p.get("excluded")}
+    lines = [f"Excluded from the index: {', '.join(f'{a} ({why})' for a, why in excluded.items())}.\n"
+             if excluded else "",
+             f"Index undefined: {summary['index_undefined_reason']}.\n" if summary.get("index_undefined_reason")
+             else "",
+             f"Not carried by {name} inputs (not probed): {', '.join(not_carried)}.\n" if not_carried else ""]
+    return [f"### {name} (index {_index_cell(index, summary)})\n",
+            _table(["attribute", "group", "N", "native", "p (native > chance)", "bound", "chance", "relative loss",
+                    "rel. loss 95% CI", "in index"], rows),
+            *lines,
+            figs.link(f"probes {name}", figures.probe_bars(probed, f"What survives binding: {name}",
+                                                           figs.path(f"probes_{name}.png")))]
 
 
 def write_report(run_dir: str | Path) -> Path:

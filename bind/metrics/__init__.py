@@ -12,6 +12,7 @@ Modules, one job each:
 * :mod:`~anchorbind.metrics.alignment` -- mutual k-NN, linear CKA, CKNNA between representations
 * :mod:`~anchorbind.metrics.groupwise` -- k-means V-measure and k-NN accuracy on stacked modalities
 * :mod:`~anchorbind.metrics.probe` -- linear probes (standardised logistic regression)
+* :mod:`~anchorbind.metrics.significance` -- lift over chance, spread over seeds, worded comparisons
 * :mod:`~anchorbind.metrics.checks` -- input checks every metric shares (shapes, NaN, norms, labels)
 """
 

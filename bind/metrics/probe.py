@@ -13,24 +13,34 @@ normalised output of a linear head, so it spans at most trunk-width + 1 of the a
 dimensions (128 of 1280 for the demo audio); standardising the ~1150 empty directions makes the
 logistic regression badly conditioned and L-BFGS 10-30x slower, for nothing a linear probe can
 use. Projecting onto the leading components first keeps the probe fast on wide embeddings.
+
+Results are a function of the features, the labels and ``seed`` alone: the folds are shuffled
+and the PCA and solver seeded with it, and the features are fitted in float64, so that a
+different BLAS thread count (which reorders floating-point sums) cannot flip a prediction at the
+precision a float32 fit would leave. :func:`cross_validated_probe` keeps every row's
+out-of-fold prediction, which significance tests and bootstrap intervals need.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
+from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
-from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from anchorbind.errors import InputError
 from anchorbind.metrics.checks import ArrayLike, as_label_array, as_matrix
 
-__all__ = ["linear_probe", "make_linear_probe", "stratified_split"]
+__all__ = ["CrossValidatedProbe", "cross_validated_probe", "linear_probe", "make_linear_probe",
+           "stratified_split"]
 
 
 def make_linear_probe(*, C: float = 1.0, max_iter: int = 1000, seed: int = 0,
@@ -100,10 +110,8 @@ def linear_probe(
             for the requested folds.
         ValueError: only one of the index arrays, overlapping or out-of-range indices.
     """
-    matrix = as_matrix(features, "features").numpy()
-    label_array = as_label_array(labels, matrix.shape[0], "labels")
-    if label_array.ndim != 1:
-        raise InputError("labels", f"expected one label per sample, got shape {label_array.shape}")
+    matrix = as_matrix(features, "features", dtype=torch.float64).numpy()
+    label_array = _one_label_per_row(labels, matrix.shape[0])
     if (train_indices is None) != (test_indices is None):
         raise ValueError("pass both train_indices and test_indices, or neither for cross-validation")
     if train_indices is not None and test_indices is not None:
@@ -119,20 +127,89 @@ def linear_probe(
             "num_train": float(len(train)),
             "num_test": float(len(test)),
         }
+    cv = cross_validated_probe(matrix, label_array, cv_folds=cv_folds, C=C, max_iter=max_iter, seed=seed,
+                               components=components)
+    return {
+        "accuracy": float(np.mean(cv.fold_accuracy)),
+        "accuracy_std": float(np.std(cv.fold_accuracy)),
+        "balanced_accuracy": float(np.mean(cv.fold_balanced_accuracy)),
+        "num_folds": float(cv_folds),
+    }
+
+
+@dataclass(frozen=True)
+class CrossValidatedProbe:
+    """Out-of-fold predictions of a stratified cross-validated probe, per row and per fold.
+
+    Attributes:
+        predictions: ``(N,)`` the label each row got from the probe fitted without its fold.
+        correct: ``(N,)`` whether that prediction is right.
+        fold: ``(N,)`` the fold (0-based) each row was held out in.
+        fold_accuracy: ``(folds,)`` accuracy on each held-out fold.
+        fold_balanced_accuracy: ``(folds,)`` balanced accuracy on each held-out fold.
+    """
+
+    predictions: np.ndarray
+    correct: np.ndarray
+    fold: np.ndarray
+    fold_accuracy: np.ndarray
+    fold_balanced_accuracy: np.ndarray
+
+    @property
+    def num_correct(self) -> int:
+        """Correct out-of-fold predictions, the count a binomial test against chance takes."""
+        return int(self.correct.sum())
+
+
+def cross_validated_probe(
+    features: ArrayLike,
+    labels: ArrayLike,
+    *,
+    cv_folds: int = 5,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    seed: int = 0,
+    components: int | None = None,
+) -> CrossValidatedProbe:
+    """Stratified k-fold probe that keeps each row's out-of-fold prediction.
+
+    The folds (``StratifiedKFold`` shuffled with ``seed``) depend only on the labels and the
+    seed, so two feature sets of the same rows (native features, bound embeddings) are split
+    identically and their per-row predictions are paired. Fold scores equal scikit-learn's
+    ``cross_validate`` with the same pipeline and folds.
+
+    Raises:
+        InputError: malformed features or labels, fewer than two classes, or a class with
+            fewer than ``cv_folds`` samples.
+        ValueError: ``cv_folds`` < 2.
+    """
+    matrix = as_matrix(features, "features", dtype=torch.float64).numpy()
+    label_array = _one_label_per_row(labels, matrix.shape[0])
     if cv_folds < 2:
         raise ValueError(f"cv_folds must be at least 2, got {cv_folds}")
     _check_class_counts(label_array, minimum=cv_folds, why=f"{cv_folds}-fold stratified cross-validation")
     folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
     smallest_train = matrix.shape[0] - -(-matrix.shape[0] // cv_folds)
-    probe = make_linear_probe(C=C, max_iter=max_iter, seed=seed,
-                              components=_pca_size(components, matrix.shape[1], smallest_train))
-    scores = cross_validate(probe, matrix, label_array, cv=folds, scoring=("accuracy", "balanced_accuracy"))
-    return {
-        "accuracy": float(np.mean(scores["test_accuracy"])),
-        "accuracy_std": float(np.std(scores["test_accuracy"])),
-        "balanced_accuracy": float(np.mean(scores["test_balanced_accuracy"])),
-        "num_folds": float(cv_folds),
-    }
+    template = make_linear_probe(C=C, max_iter=max_iter, seed=seed,
+                                 components=_pca_size(components, matrix.shape[1], smallest_train))
+    predictions = np.empty(len(label_array), dtype=label_array.dtype)
+    fold_of_row = np.empty(len(label_array), dtype=np.int64)
+    accuracy, balanced = [], []
+    for index, (train, test) in enumerate(folds.split(matrix, label_array)):
+        predicted = clone(template).fit(matrix[train], label_array[train]).predict(matrix[test])
+        predictions[test], fold_of_row[test] = predicted, index
+        accuracy.append(accuracy_score(label_array[test], predicted))
+        balanced.append(balanced_accuracy_score(label_array[test], predicted))
+    return CrossValidatedProbe(predictions=predictions, correct=predictions == label_array, fold=fold_of_row,
+                               fold_accuracy=np.asarray(accuracy, dtype=np.float64),
+                               fold_balanced_accuracy=np.asarray(balanced, dtype=np.float64))
+
+
+def _one_label_per_row(labels: ArrayLike, num_rows: int) -> np.ndarray:
+    label_array = as_label_array(labels, num_rows, "labels")
+    if label_array.ndim != 1:
+        raise InputError("labels", f"expected one label per sample, got shape {label_array.shape}")
+    return label_array
 
 
 def _pca_size(components: int | None, dims: int, train_rows: int) -> int | None:
