@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 def demo_config(out: Path, shards: Path, steps: int, anchor: str, batch_size: int) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     cfg.update(output_dir=str(out), steps=steps, log_every=max(1, steps // 3), checkpoint_every=10 * steps)
-    cfg["data"].update(train_shards=str(shards), anchor=anchor, batch_size=batch_size)
+    cfg["data"].update(train_shards=str(shards), anchor=anchor, batch_size=batch_size, eval_shards=None)
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(cfg))
     return path

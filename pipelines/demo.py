@@ -1,7 +1,7 @@
 """``anchorbind demo``: the whole AnchorBind pipeline, offline, on a CPU, in minutes.
 
 1. generate the procedural world (train and test shards);
-2. cache the frozen anchor's embeddings in the training shards;
+2. cache the frozen anchor's embeddings of the training shards (sidecars in ``world/train/anchor-cache``);
 3. bind text, audio and depth to the anchor (``configs/demo.yaml``);
 4. train the *direct* text–audio baseline (text and audio contrasted with each other only);
 5. bind again with the visiocentrism mitigation (the audio plugin's native objective);
