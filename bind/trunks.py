@@ -41,6 +41,7 @@ __all__ = [
     "LinearPatchStem",
     "ViTPluginConfig",
     "build_vit",
+    "crop_flip_problems",
     "one_channel_vit",
     "vit_problems",
 ]
@@ -83,6 +84,16 @@ class ViTPluginConfig(TunableConfig):
 _POSITIVE_FIELDS = tuple(name for name, kind in ViTPluginConfig.__annotations__.items()
                          if kind in ("int", "float") and name != "drop_path_rate")
 """The trunk's shape fields (patch size, width, block count, heads, MLP ratio): all must be positive."""
+
+
+def crop_flip_problems(train_crop_scale: tuple[float, float], train_hflip_prob: float) -> Iterator[str]:
+    """What is wrong with a map plugin's training augmentation: a random square of
+    ``train_crop_scale`` of the area, flipped with ``train_hflip_prob`` (nothing: an empty iterator)."""
+    low, high = train_crop_scale
+    if not 0.0 < low <= high <= 1.0:
+        yield f"train_crop_scale must satisfy 0 < low <= high <= 1, got {tuple(train_crop_scale)}"
+    if not 0.0 <= train_hflip_prob <= 1.0:
+        yield f"train_hflip_prob must be in [0, 1], got {train_hflip_prob}"
 
 
 def vit_problems(config: ViTPluginConfig) -> Iterator[str]:

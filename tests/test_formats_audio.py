@@ -14,7 +14,7 @@ import soundfile as sf
 from anchorbind.errors import ConfigError, InputError
 from anchorbind.pipelines.shards.convert import ConversionReport
 from anchorbind.pipelines.shards.formats import read_format
-from anchorbind.pipelines.shards.formats.esc50 import safe_key
+from anchorbind.pipelines.shards.formats.common import safe_key
 from tests.test_cli_errors import anchorbind, run_in_process
 
 ESC50_HEADER = "filename,fold,target,category,esc10,src_file,take"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from anchorbind.errors import ConfigError
-from anchorbind.trunks import ViTPluginConfig, vit_problems
+from anchorbind.trunks import ViTPluginConfig, crop_flip_problems, vit_problems
 
 __all__ = ["SCALINGS", "ThermalConfig"]
 
@@ -64,11 +64,7 @@ class ThermalConfig(ViTPluginConfig):
             yield f"std must be positive, got {self.std}"
         if self.max_pixels is not None and self.max_pixels <= 0:
             yield f"max_pixels must be positive or null, got {self.max_pixels}"
-        low, high = self.train_crop_scale
-        if not 0.0 < low <= high <= 1.0:
-            yield f"train_crop_scale must satisfy 0 < low <= high <= 1, got {self.train_crop_scale}"
-        if not 0.0 <= self.train_hflip_prob <= 1.0:
-            yield f"train_hflip_prob must be in [0, 1], got {self.train_hflip_prob}"
+        yield from crop_flip_problems(self.train_crop_scale, self.train_hflip_prob)
         yield from vit_problems(self)
         if self.image_size <= 0:
             yield f"image_size must be positive, got {self.image_size}"

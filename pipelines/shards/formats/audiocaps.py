@@ -28,7 +28,7 @@ from typing import Any
 
 from anchorbind.errors import ConfigError, InputError
 from anchorbind.pipelines.shards.convert import ConversionReport, SampleRow
-from anchorbind.pipelines.shards.formats.esc50 import (
+from anchorbind.pipelines.shards.formats.common import (
     AUDIO_KEYS,
     audio_member,
     check_options,

@@ -14,7 +14,7 @@ from typing import Any
 
 from anchorbind.errors import InputError
 from anchorbind.pipelines.shards.convert import ConversionReport, SampleRow
-from anchorbind.pipelines.shards.formats.esc50 import (
+from anchorbind.pipelines.shards.formats.common import (
     check_options,
     csv_records,
     listed_clip,

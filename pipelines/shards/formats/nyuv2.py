@@ -48,7 +48,7 @@ import numpy as np
 
 from anchorbind.errors import InputError
 from anchorbind.pipelines.shards.convert import ConversionReport, SampleRow
-from anchorbind.pipelines.shards.formats.esc50 import check_options
+from anchorbind.pipelines.shards.formats.common import check_options
 
 __all__ = ["CLASSES", "DESCRIPTION", "NAME", "category", "read", "staging_dir"]
 

@@ -50,7 +50,7 @@ import numpy as np
 
 from anchorbind.errors import ConfigError, InputError
 from anchorbind.pipelines.shards.convert import ConversionReport, SampleRow
-from anchorbind.pipelines.shards.formats.esc50 import check_options
+from anchorbind.pipelines.shards.formats.common import check_options
 from anchorbind.pipelines.shards.formats.nyuv2 import staging_dir
 
 __all__ = ["CLASSES", "DESCRIPTION", "NAME", "read", "unrotate"]
