@@ -303,3 +303,78 @@ def test_one_sort_cpu_path_equals_the_two_sort_implementation(ties, exact_ties):
         queries[:200], gallery[:200], q_codes, g_codes[:200], torch.arange(200), ties, 17
     )
     assert ranks.tolist() == brute_ranks((queries @ gallery[:200].T).tolist(), list(range(200)), ties)
+
+
+# --------------------------------------------------------------------------- sorted-key CPU path
+
+
+def half_vectors(codes: np.ndarray) -> torch.Tensor:
+    """Unit rows from {+-0.5}^4 (codes 0..15) and the signed axes (16..23) of R^4.
+
+    Every dot product is a multiple of 0.25, exact in float32 whatever order a BLAS kernel sums
+    in, so the scores are the same in every chunk and exact ties (also at 0, and negative) abound.
+    """
+    rows = torch.zeros(len(codes), 4)
+    for row, code in enumerate(codes.tolist()):
+        if code < 16:
+            rows[row] = torch.tensor([0.5 if code >> bit & 1 else -0.5 for bit in range(4)])
+        else:
+            rows[row, (code - 16) % 4] = 1.0 if code < 20 else -1.0
+    return rows
+
+
+def test_sort_keys_compare_exactly_like_the_float_scores():
+    special = [-1.001, -1.0, -0.75, -1e-38, -1e-45, -0.0, 0.0, 1e-45, 1e-38, 2**-30, 0.25, 0.5, 1.0, 1.001]
+    special.append(float(np.nextafter(np.float32(0.5), np.float32(1))))  # one ulp above 0.5
+    rng = np.random.default_rng(41)
+    values = np.concatenate([special, rng.uniform(-1, 1, 60), rng.choice(special, 20)]).astype(np.float32)
+    keys = values[None, :].view(np.int32).copy()
+    retrieval_module._sort_keys(keys, np.empty_like(keys))
+    assert (keys % 2 == 0).all()  # the lowest bit stays free for the relevance tag
+    scores, key_values = values.astype(np.float64), keys[0].astype(np.int64)
+    assert np.array_equal(
+        np.sign(scores[:, None] - scores[None, :]), np.sign(key_values[:, None] - key_values[None, :])
+    )  # same order, same ties (-0.0 == +0.0), nothing rounded
+
+
+@pytest.mark.parametrize("ties", ["optimistic", "pessimistic"])
+@pytest.mark.parametrize("paired", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 6, 16, None])
+def test_sorted_key_path_matches_a_sorting_brute_force_with_ties(monkeypatch, ties, paired, chunk_size):
+    # Blocks of two rows and three threads per chunk, so that rows end up in every position of a
+    # block and of a thread's share.
+    monkeypatch.setattr(retrieval_module, "_KEY_BLOCK_ENTRIES", 90)
+    monkeypatch.setattr(retrieval_module.torch, "get_num_threads", lambda: 3)
+    rng = np.random.default_rng(42)
+    num_queries, num_gallery = 45, 45 if paired else 38
+    queries = half_vectors(rng.integers(0, 24, num_queries))
+    gallery = half_vectors(rng.integers(0, 24, num_gallery))
+    q_labels = rng.integers(0, 5, num_queries)  # label 4 never occurs in the gallery
+    g_labels = rng.integers(0, 4, num_gallery)
+    targets = np.arange(num_queries) if paired else rng.integers(0, num_gallery, num_queries)
+    chunk = chunk_size or num_queries
+    ranks, ranking = retrieval_module._full_row_ranking(
+        queries, gallery, torch.as_tensor(q_labels), torch.as_tensor(g_labels), torch.as_tensor(targets), ties, chunk
+    )
+
+    scores = (queries @ gallery.T).tolist()
+    assert ranks.tolist() == brute_ranks(scores, targets.tolist(), ties)
+    expected = brute_category(scores, q_labels.tolist(), g_labels.tolist(), ties)
+    assert ranking.num_relevant.tolist() == [int((g_labels == label).sum()) for label in q_labels]
+    for i, result in enumerate(expected):
+        if result is None:
+            assert ranking.first_relevant_rank[i].item() == 0
+            assert np.isnan(ranking.average_precision[i].item())
+        else:
+            assert ranking.first_relevant_rank[i].item() == result[0]
+            assert ranking.average_precision[i].item() == pytest.approx(result[1], abs=1e-12)
+    # The data must exercise the tie rule: relevant items tie with irrelevant ones.
+    other = "pessimistic" if ties == "optimistic" else "optimistic"
+    assert expected != brute_category(scores, q_labels.tolist(), g_labels.tolist(), other)
+
+
+def test_sorted_key_path_refuses_scores_its_keys_cannot_hold():
+    queries = half_vectors(np.arange(6))
+    codes = torch.zeros(6, dtype=torch.int64)
+    with pytest.raises(ValueError, match="unit-normalised"):
+        retrieval_module._full_row_ranking(queries * 2, queries, codes, codes, None, "optimistic", 4)

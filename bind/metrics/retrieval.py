@@ -29,10 +29,15 @@ agree whenever no relevant item ties with an irrelevant one.
 **Memory.** Similarities are computed for a chunk of queries against the whole gallery at a
 time (``chunk x M`` entries, the chunk chosen from ``memory_budget_bytes`` unless given), so a
 100k x 100k evaluation never materialises the 10^10-entry similarity matrix (the ``(M, D)``
-gallery itself is held in addition). The chunked results are identical to the full-matrix
-computation because every statistic is per query. Instance ranks are counted in place in the
-score buffer (one pass, no sort); category positions need one sort per score row, which on CPU
-costs about twice the matrix product at D=256 (docs/benchmarks.md).
+gallery itself is held in addition). Every statistic is per query, so chunking changes nothing
+beyond the float32 scores themselves: a BLAS may round a product differently for a chunk of a
+few rows than inside a large one (MKL does, for chunks of fewer than about 16 rows), which only
+matters between scores that agree to the last bit. Instance ranks are counted in place in the score buffer (one pass,
+no sort). Category positions need one sort per score row: on CPU the scores of a block of rows
+become integer keys that order exactly like the floats and carry relevance in their lowest bit,
+each row is sorted once (numpy's vectorised integer sort) and the relevant items are read off
+the sorted row, with the instance rank from the same row. The sort dominates: about half the
+matrix product per entry at D=256 on a 2-core x86 CPU (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -72,12 +77,16 @@ TieHandling = Literal["optimistic", "pessimistic"]
 
 # Bytes each (query, gallery) entry costs in the working set of one chunk, counting every
 # temporary (peak RSS measured on 30k x 30k and 100k x 100k): target ranks hold the scores (4),
-# compared and summed in place, plus allocator slack; category ranking the scores (4, sorted in
-# place) and a sorted copy of the relevant ones (at most 4), plus slack; top-k the scores and the
-# concatenated candidate values (4) and indices (8).
+# compared and summed in place, plus allocator slack; category ranking the scores (4, turned into
+# sort keys and sorted in place) plus slack for the per-block scratch below; top-k the scores and
+# the concatenated candidate values (4) and indices (8).
 _TARGET_RANK_BYTES = 8
-_CATEGORY_RANK_BYTES = 12
+_CATEGORY_RANK_BYTES = 6
 _TOPK_BYTES = 24
+# Score entries a worker keys, sorts and reads at once (1 MiB of int32): small enough for the
+# block to stay in a core's cache between the passes, large enough to amortise the Python calls.
+# Its scratch (int32 flags, and int64/float64 arrays of the relevant items) is a few MiB at most.
+_KEY_BLOCK_ENTRIES = 1 << 18
 
 
 def _row_chunks(num_rows: int, chunk_size: int) -> Iterator[slice]:
@@ -365,74 +374,170 @@ def _full_row_ranking_cpu(
     ties: TieHandling,
     chunk: int,
 ) -> tuple[torch.Tensor | None, CategoryRanking]:
-    # The same positions as _category_ranking_torch with one sort per row instead of two: the
-    # m-th best relevant item sits at m + (all items placed before it) - (relevant items placed
-    # before it), "placed before" meaning scoring strictly higher (optimistic) or at least as
-    # high (pessimistic). The relevant scores of a query are gathered (R per row) and sorted on
-    # their own; the count over all items is a binary search in the row sorted in place
-    # (numpy's vectorised sort, the rows split over threads, which numpy runs without the GIL).
-    # The instance rank is a binary search of the true score in the same sorted row.
+    # Every statistic is read off one integer sort per score row, with no binary search over the
+    # row and no Python loop over rows: the float32 scores of a block of rows become sort keys
+    # that carry relevance in their lowest bit, each row of keys is sorted in place and the
+    # relevant items are the odd keys of the sorted row (_SortedKeyRanker). Blocks are small
+    # enough to stay in a core's cache across these passes and are split over threads (numpy
+    # releases the GIL). Rows and columns keep their order, so every score is the same float32
+    # product (same chunk, same BLAS call) as before this path existed.
+    _check_key_range(queries, gallery)
     num_queries, num_gallery = queries.shape[0], gallery.shape[0]
-    first_rank = np.zeros(num_queries, dtype=np.int64)
-    average_precision = np.full(num_queries, np.nan, dtype=np.float64)
-    query_code_array = query_codes.numpy()
-    gallery_code_array = gallery_codes.numpy()
-    order = np.argsort(gallery_code_array, kind="stable")
-    codes, starts, counts = np.unique(gallery_code_array[order], return_index=True, return_counts=True)
-    members = {int(c): order[b : b + n] for c, b, n in zip(codes.tolist(), starts, counts, strict=True)}
-    num_relevant = np.zeros(num_queries, dtype=np.int64)
-    present = np.isin(query_code_array, codes)
-    num_relevant[present] = counts[np.searchsorted(codes, query_code_array[present])]
-    ranks = None if targets is None else np.empty(num_queries, dtype=np.int64)
-    target_array = None if targets is None else targets.numpy()
-    side = "right" if ties == "optimistic" else "left"  # "right" skips past values equal to v
-
-    def rank_rows(scores: np.ndarray, first: int) -> None:
-        count = scores.shape[0]
-        row_codes = query_code_array[first : first + count]
-        groups = []
-        for code in np.unique(row_codes).tolist():
-            items = members.get(code)
-            if items is not None:
-                group_rows = np.flatnonzero(row_codes == code)
-                relevant = scores[group_rows[:, None], items[None, :]]  # a copy, R per row
-                relevant.sort(axis=1)
-                groups.append((group_rows, relevant))
-        true_scores = None
-        if target_array is not None:
-            true_scores = scores[np.arange(count), target_array[first : first + count]]
-        scores.sort(axis=1)  # in place: the score chunk is not needed unsorted any more
-        if true_scores is not None:
-            for row in range(count):
-                higher = num_gallery - int(np.searchsorted(scores[row], true_scores[row], side=side))
-                ranks[first + row] = higher + (1 if side == "right" else 0)  # minus itself if pessimistic
-        for group_rows, relevant in groups:
-            size = relevant.shape[1]
-            m = np.arange(size, 0, -1, dtype=np.float64)  # column j is the m-th best relevant item
-            for row, sorted_relevant in zip(group_rows.tolist(), relevant, strict=True):
-                higher_all = num_gallery - np.searchsorted(scores[row], sorted_relevant, side=side)
-                higher_relevant = size - np.searchsorted(sorted_relevant, sorted_relevant, side=side)
-                positions = m + (higher_all - higher_relevant)
-                average_precision[first + row] = float((m / positions).sum()) / size
-                first_rank[first + row] = int(positions[-1])
-
-    workers = max(1, min(torch.get_num_threads(), chunk))
+    ranker = _SortedKeyRanker.create(query_codes, gallery_codes, targets, ties)
+    workers = max(1, min(torch.get_num_threads(), num_queries))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         buffer = torch.empty(min(chunk, num_queries), num_gallery, dtype=queries.dtype)  # reused
         for rows in _row_chunks(num_queries, chunk):
-            scores = torch.mm(queries[rows], gallery.T, out=buffer[: rows.stop - rows.start]).numpy()
-            step = -(-scores.shape[0] // workers)
+            scores = torch.mm(queries[rows], gallery.T, out=buffer[: rows.stop - rows.start])
+            keys = scores.numpy().view(np.int32)  # the scores become their sort keys in place
+            step = -(-keys.shape[0] // workers)
             parts = [
-                pool.submit(rank_rows, scores[start : start + step], rows.start + start)
-                for start in range(0, scores.shape[0], step)
+                pool.submit(ranker.rank_rows, keys[part], rows.start + part.start)
+                for part in _row_chunks(keys.shape[0], step)
             ]
             for part in parts:
                 part.result()
-            del scores
-    ranking = CategoryRanking(
-        torch.from_numpy(first_rank), torch.from_numpy(average_precision), torch.from_numpy(num_relevant)
-    )
-    return (None if ranks is None else torch.from_numpy(ranks)), ranking
+    return ranker.results()
+
+
+def _check_key_range(queries: torch.Tensor, gallery: torch.Tensor) -> None:
+    """Refuses inputs whose scores could reach 2 in magnitude, which the int32 sort keys cannot hold."""
+    bound = float(queries.norm(dim=1).max()) * float(gallery.norm(dim=1).max())  # |q.g| <= |q||g|
+    if bound >= 1.99:
+        raise ValueError(f"category ranking needs unit-normalised embeddings (scores up to {bound:.3g})")
+
+
+def _sort_keys(scores: np.ndarray, scratch: np.ndarray) -> None:
+    """Turns float32 scores, viewed as int32, in place into even integer keys that order like them.
+
+    The key of ``s`` is ``2 * k(s)``, where ``k`` maps the float32 bit pattern ``(sign,
+    magnitude)`` to ``+magnitude`` or ``-magnitude``. Positive floats order like their bit
+    patterns, so the keys compare exactly as the scores do: no rounding, exact ties stay ties,
+    and ``-0.0`` and ``+0.0`` both map to 0. Scores below 2 in magnitude have a magnitude below
+    ``2**30``, so the doubled key fits in int32 and leaves the lowest bit free for a tag.
+
+    Args:
+        scores: ``(rows, M)`` int32 view of float32 scores, overwritten with the keys.
+        scratch: int32 array of the same shape, overwritten.
+    """
+    sign = np.right_shift(scores, 31, out=scratch)  # -1 where the score is negative, else 0
+    unsigned = scores.view(np.uint32)
+    np.left_shift(unsigned, 1, out=unsigned)  # 2 * magnitude: the sign bit falls off
+    np.bitwise_xor(scores, sign, out=scores)
+    np.subtract(scores, sign, out=scores)  # (x ^ -1) - (-1) == -x: negative scores, negative keys
+
+
+@dataclass(frozen=True)
+class _SortedKeyRanker:
+    """Category (and instance) ranking of blocks of score rows through relevance-tagged sort keys.
+
+    Relevant items get the key ``2 * k(s) + 1`` (optimistic: after equally scored irrelevant
+    items in ascending order, i.e. before them in the ranking) or ``2 * k(s) - 1`` (pessimistic),
+    irrelevant ones ``2 * k(s)`` (see :func:`_sort_keys`). The relevant keys are then exactly the
+    odd ones, and a row sorted ascending is its ranking under the tie rule, reversed.
+
+    The per-query outputs are filled block by block, from several threads; each thread writes
+    only the rows it was given, so the arrays need no lock.
+    """
+
+    query_codes: np.ndarray
+    gallery_codes: np.ndarray
+    targets: np.ndarray | None
+    ties: TieHandling
+    num_relevant: np.ndarray
+    first_rank: np.ndarray
+    average_precision: np.ndarray
+    ranks: np.ndarray | None
+
+    @classmethod
+    def create(
+        cls,
+        query_codes: torch.Tensor,
+        gallery_codes: torch.Tensor,
+        targets: torch.Tensor | None,
+        ties: TieHandling,
+    ) -> _SortedKeyRanker:
+        query_array = query_codes.numpy().astype(np.int32)  # compared with every entry: narrow
+        gallery_array = gallery_codes.numpy().astype(np.int32)
+        size = int(max(query_array.max(initial=-1), gallery_array.max(initial=-1))) + 1
+        num_queries = len(query_array)
+        return cls(
+            query_codes=query_array,
+            gallery_codes=gallery_array,
+            targets=None if targets is None else targets.numpy(),
+            ties=ties,
+            num_relevant=np.bincount(gallery_array, minlength=size)[query_array].astype(np.int64),
+            first_rank=np.zeros(num_queries, dtype=np.int64),
+            average_precision=np.full(num_queries, np.nan, dtype=np.float64),
+            ranks=None if targets is None else np.empty(num_queries, dtype=np.int64),
+        )
+
+    def rank_rows(self, scores: np.ndarray, first_row: int) -> None:
+        """Ranks queries ``first_row, first_row + 1, ...`` from their float32 ``scores`` viewed as int32.
+
+        ``scores`` is overwritten (keys, then sorted keys), a block of rows at a time.
+        """
+        num_gallery = scores.shape[1]
+        block_rows = max(1, _KEY_BLOCK_ENTRIES // num_gallery)
+        scratch = np.empty((min(block_rows, scores.shape[0]), num_gallery), dtype=np.int32)
+        flags = np.empty(scratch.shape, dtype=bool)
+        for part in _row_chunks(scores.shape[0], block_rows):
+            rows = slice(first_row + part.start, first_row + part.stop)
+            size = part.stop - part.start
+            block = scores[part]
+            true_keys = self._tag(block, scratch[:size], flags[:size], rows)
+            block.sort(axis=1)
+            self._read(block, scratch[:size], flags[:size], rows, true_keys)
+
+    def _tag(self, block: np.ndarray, scratch: np.ndarray, flags: np.ndarray, rows: slice) -> np.ndarray | None:
+        """Scores to tagged keys in place; returns the untagged keys of the true items, if any."""
+        _sort_keys(block, scratch)
+        true_keys = None
+        if self.targets is not None:
+            true_keys = block[np.arange(block.shape[0]), self.targets[rows]].astype(np.int64)
+        relevant = np.equal(self.query_codes[rows, None], self.gallery_codes[None, :], out=flags)
+        if self.ties == "optimistic":
+            np.add(block, relevant, out=block)
+        else:
+            np.subtract(block, relevant, out=block)
+        return true_keys
+
+    def _read(
+        self, block: np.ndarray, scratch: np.ndarray, flags: np.ndarray, rows: slice, true_keys: np.ndarray | None
+    ) -> None:
+        """Instance ranks, first relevant ranks and AP of rows of sorted tagged keys."""
+        num_gallery = block.shape[1]
+        if true_keys is not None and self.ranks is not None:
+            # Scores strictly above the true score have keys >= 2k + 2 (optimistic); scores at
+            # least as high have keys >= 2k - 1 (pessimistic, counting the true item itself).
+            threshold = true_keys + 2 if self.ties == "optimistic" else true_keys - 1
+            below = torch.searchsorted(torch.from_numpy(block), torch.from_numpy(threshold.astype(np.int32))[:, None])
+            placed_before = num_gallery - below[:, 0].numpy()
+            self.ranks[rows] = placed_before + 1 if self.ties == "optimistic" else placed_before
+        num_relevant = self.num_relevant[rows]
+        total = int(num_relevant.sum())
+        if total == 0:
+            return
+        # The odd keys in ascending flat order: each row's relevant items, worst first. The item
+        # in column c sits at position num_gallery - c (1 = top) and is the m-th best relevant
+        # item of its row with m = (end of the row's run of found items) - (its index among them).
+        found = np.flatnonzero(np.not_equal(np.bitwise_and(block, 1, out=scratch), 0, out=flags))
+        ends = np.cumsum(num_relevant)
+        row_ends = num_gallery * np.arange(1, block.shape[0] + 1, dtype=np.int64)
+        position = np.repeat(row_ends, num_relevant) - found
+        m = np.repeat(ends, num_relevant) - np.arange(total)
+        has_any = num_relevant > 0
+        sums = np.add.reduceat(m / position, (ends - num_relevant)[has_any])
+        self.average_precision[rows][has_any] = sums / num_relevant[has_any]
+        self.first_rank[rows][has_any] = position[ends[has_any] - 1]
+
+    def results(self) -> tuple[torch.Tensor | None, CategoryRanking]:
+        ranking = CategoryRanking(
+            torch.from_numpy(self.first_rank),
+            torch.from_numpy(self.average_precision),
+            torch.from_numpy(self.num_relevant),
+        )
+        return (None if self.ranks is None else torch.from_numpy(self.ranks)), ranking
 
 
 def _category_ranking_torch(
@@ -498,7 +603,8 @@ def category_ranking(
 
     Why full rows: mAP needs the position of *every* relevant item, so each query chunk is
     scored against the whole gallery (``chunk x M`` entries, bounded by ``memory_budget_bytes``)
-    and its rows are sorted to place every relevant item under the documented tie rule.
+    and each row is sorted once, on relevance-tagged keys that place every relevant item under
+    the documented tie rule (see the module docstring).
 
     Args:
         queries: ``(N, D)`` L2-normalised query embeddings.
