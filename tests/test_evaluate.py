@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from anchorbind.errors import ConfigError, ModelFileError
+from anchorbind.evaluation.checkpoint_alignment import checkpoint_alignment
 from anchorbind.evaluation.evaluate import evaluate_run
+from anchorbind.evaluation.extract import EmbeddingSet, Reuse, extract_embeddings
 from anchorbind.evaluation.pairs import ordered_pairs, pair_kind
 from anchorbind.evaluation.visiocentrism import visiocentrism_index
+from anchorbind.model import BindModel
 from anchorbind.train.config import load_train_config
 from anchorbind.train.loop import train
 from tests.conftest import REPO, subprocess_env
@@ -56,6 +60,29 @@ def runs(world_dir, tmp_path_factory):
     return out
 
 
+def test_checkpoints_reuse_the_frozen_anchor_rows_instead_of_embedding_the_images_again(runs, world_dir):
+    shards = str(world_dir / "test")
+    model = BindModel.from_pretrained(runs["bind"] / "model").eval()
+    final = extract_embeddings(model, shards, batch_size=8, num_workers=0, progress=False)
+    # rows that differ from what the anchor computes show that they are taken, not recomputed
+    marked = EmbeddingSet(keys=final.keys, embeddings={**final.embeddings, "image": -final.embeddings["image"]},
+                          features=final.features, masks=final.masks, meta=final.meta, errors=final.errors)
+    again = extract_embeddings(model, shards, batch_size=8, num_workers=0, progress=False,
+                               reuse=Reuse(marked, model.anchor.identity))
+    assert again.keys == final.keys and torch.equal(again.embeddings["image"], -final.embeddings["image"])
+    assert torch.allclose(again.embeddings["audio"], final.embeddings["audio"], atol=1e-6)
+    assert Reuse(marked, "another anchor").modalities(model) == (), "another anchor embeds its own images"
+    live = checkpoint_alignment(runs["bind"], shards, max_samples=16, batch_size=8, num_workers=0)
+    reused = checkpoint_alignment(runs["bind"], shards, max_samples=16, batch_size=8, num_workers=0,
+                                  reuse=Reuse(final, model.anchor.identity))
+    assert [(p["checkpoint"], p["modality"]) for p in live["points"]] == [
+        (p["checkpoint"], p["modality"]) for p in reused["points"]]
+    for a, b in zip(live["points"], reused["points"], strict=True):
+        for measure, value in a.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(b[measure], abs=1e-4), (a["checkpoint"], measure)
+
+
 @pytest.mark.slow
 def test_eval_and_report_cli(runs, world_dir):
     env = subprocess_env()
@@ -86,6 +113,11 @@ def test_eval_and_report_cli(runs, world_dir):
     assert probes["beats"]["group"] == "non-visual" and probes["category"]["group"] == "shared"
     assert "text->audio" in m["visiocentrism"]["retrieval_by_attribute"]
     assert m["headline"]
+    stages = m["timings_s"]
+    assert set(stages) >= {"load_and_embed", "retrieval", "baselines", "zero_shot", "gap", "visiocentrism",
+                           "alignment_across_checkpoints", "total"}
+    assert all(v >= 0 for v in stages.values()) and stages["load_and_embed"] > 0
+    assert sum(v for k, v in stages.items() if k != "total") <= stages["total"] + 1e-3, "stages do not overlap"
     _assert_documented(m)
 
     done = subprocess.run([sys.executable, "-m", "anchorbind.cli", "report", str(runs["bind"])], env=env, cwd=REPO,

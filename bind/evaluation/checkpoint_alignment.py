@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from anchorbind.errors import InputError
-from anchorbind.evaluation.extract import EmbeddingSet, extract_embeddings
+from anchorbind.evaluation.extract import EmbeddingSet, Reuse, extract_embeddings
 from anchorbind.evaluation.retrieval import shared_rows
 from anchorbind.evaluation.schema import attribute_labels
 from anchorbind.metrics import cknna, linear_cka, mutual_knn, pearson_alignment_vs_performance, retrieval_metrics
@@ -85,6 +85,7 @@ def checkpoint_alignment(
     num_workers: int,
     device: str | torch.device = "cpu",
     label_attribute: str = "category",
+    reuse: Reuse | None = None,
 ) -> dict[str, Any]:
     """Points and Pearson correlations across ``run_dir/checkpoints/*/bind_model``.
 
@@ -99,6 +100,8 @@ def checkpoint_alignment(
         num_workers: loader workers.
         device: where the checkpoints run.
         label_attribute: JSON attribute for the category-level R@1 that is also recorded.
+        reuse: the final model's anchor rows (the anchor is frozen: the same for every
+            checkpoint), so the test images are not decoded and encoded again per checkpoint.
 
     Returns:
         ``{"max_samples", "points": [...], "pearson": {"all": {measure: {r, p, num_points}},
@@ -113,7 +116,7 @@ def checkpoint_alignment(
     for name, step, path in models:
         model = BindModel.from_pretrained(path).to(device).eval()
         emb = extract_embeddings(model, shards, batch_size=min(batch_size, max_samples), num_workers=num_workers,
-                                 max_samples=max_samples, progress=False)
+                                 max_samples=max_samples, progress=False, reuse=reuse)
         points += checkpoint_points(_head(emb, max_samples), name, step, label_attribute=label_attribute)
         del model
     pearson = {"all": _correlations(points)}

@@ -15,12 +15,14 @@ visiocentrism. The embeddings are stored beside the metrics
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from anchorbind.errors import (
 from anchorbind.evaluation.alignment import alignment_section
 from anchorbind.evaluation.arithmetic import arithmetic_section
 from anchorbind.evaluation.checkpoint_alignment import checkpoint_alignment
-from anchorbind.evaluation.extract import EmbeddingSet, embed_share, extract_embeddings, merge_shares
+from anchorbind.evaluation.extract import EmbeddingSet, Reuse, embed_share, extract_embeddings, merge_shares
 from anchorbind.evaluation.gap import gap_section
 from anchorbind.evaluation.groupwise import groupwise_section
 from anchorbind.evaluation.processes import EvalProcesses, launched_processes, launched_rank, one_process
@@ -149,6 +151,28 @@ def _decode_errors(emb: EmbeddingSet) -> dict[str, Any]:
 def _stage(name: str) -> None:
     """One progress line per analysis section: some take a minute on a CPU (cross-validated probes)."""
     print(f"eval: {name}", file=sys.stderr, flush=True)
+
+
+class StageTimes:
+    """Wall-clock seconds of each evaluation stage, for ``metrics.json`` ``timings_s`` (where eval time goes)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._began = time.perf_counter()
+
+    @contextlib.contextmanager
+    def stage(self, name: str, progress: str | None = None) -> Iterator[None]:
+        """Time the block as ``name`` (added to an earlier block of that name); print ``progress`` first."""
+        if progress is not None:
+            _stage(progress)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+    def summary(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(time.perf_counter() - self._began, 3)}
 
 
 def _mitigation(model: BindModel) -> dict[str, float]:
@@ -304,24 +328,29 @@ def _evaluate_across_processes(run_dir: Path, shards: str, config: EvalConfig) -
     processes = EvalProcesses()
     device = processes.device if config.device in (None, "auto") else _resolve_device(config.device)
     options = {"batch_size": config.batch_size, "num_workers": config.num_workers, "device": device}
+    times = StageTimes()
     try:
-        run = _load_and_embed_together(processes, run_dir, shards, ignore=config.ignore_modalities, **options)
+        with times.stage("load_and_embed"):
+            run = _load_and_embed_together(processes, run_dir, shards, ignore=config.ignore_modalities, **options)
         # a baseline is a reference for the pairs it has: whatever else the shards carry is recorded
-        baselines = {base: _load_and_embed_together(processes, Path(base), shards, ignore=list(member_readers()),
-                                                    **options) for base in config.baselines}
+        with times.stage("embed_baselines"):
+            baselines = {base: _load_and_embed_together(processes, Path(base), shards,
+                                                        ignore=list(member_readers()), **options)
+                         for base in config.baselines}
     finally:
         processes.finish()  # the main process carries on alone; the others are done
     if run is None:
         return {}
     with one_process():  # checkpoints and --compare runs: the main process reads every shard itself
         return _evaluate(run_dir, shards, config, device=device, embedded=run,
-                         baselines_embedded={k: v for k, v in baselines.items() if v is not None})
+                         baselines_embedded={k: v for k, v in baselines.items() if v is not None}, times=times)
 
 
 def _evaluate(run_dir: Path, shards: str, config: EvalConfig, *, device: torch.device | None = None,
-              embedded: Embedded | None = None, baselines_embedded: dict[str, Embedded] | None = None
-              ) -> dict[str, Any]:
-    """:func:`evaluate_run` in one process; ``embedded`` / ``baselines_embedded``: already embedded."""
+              embedded: Embedded | None = None, baselines_embedded: dict[str, Embedded] | None = None,
+              times: StageTimes | None = None) -> dict[str, Any]:
+    """:func:`evaluate_run` in one process; ``embedded`` / ``baselines_embedded``: already embedded (their
+    time in ``times``)."""
     eval_config = config
     baselines, compare = config.baselines, config.compare
     batch_size, num_workers, checkpoint_samples = config.batch_size, config.num_workers, config.checkpoint_samples
@@ -329,9 +358,11 @@ def _evaluate(run_dir: Path, shards: str, config: EvalConfig, *, device: torch.d
     config_protocol = config.protocol
     device = _resolve_device(config.device) if device is None else device
     baselines_embedded = baselines_embedded or {}
+    times = times or StageTimes()
     if embedded is None:
-        embedded = _load_and_embed(run_dir, shards, ignore=ignore_modalities, batch_size=batch_size,
-                                   num_workers=num_workers, device=device)
+        with times.stage("load_and_embed"):
+            embedded = _load_and_embed(run_dir, shards, ignore=ignore_modalities, batch_size=batch_size,
+                                       num_workers=num_workers, device=device)
     model, config, emb, ignored = embedded  # from here, config is the run's training config
     _require_rows(shards, emb)
     emb.save(run_dir / EMBEDDINGS_FILE)
@@ -353,9 +384,57 @@ def _evaluate(run_dir: Path, shards: str, config: EvalConfig, *, device: torch.d
         "native_loss_weights": weights,
         "uses_mitigation": any(w > 0 for w in weights.values()),
     }
-    _stage("retrieval")
-    metrics["retrieval"] = pair_retrieval(emb, loss_cfg, label_attribute=label_attribute, device=device, notes=notes)
+    with times.stage("retrieval", "retrieval"):
+        metrics["retrieval"] = pair_retrieval(emb, loss_cfg, label_attribute=label_attribute, device=device,
+                                              notes=notes)
     metrics["baselines"], metrics["emergent_vs_direct"] = {}, {}
+    with times.stage("baselines"):
+        _evaluate_baselines(metrics, baselines, baselines_embedded, shards, label_attribute, batch_size,
+                            num_workers, device)
+    with times.stage("zero_shot", "zero-shot, arithmetic, group-wise structure"):
+        metrics["zero_shot"] = zero_shot_section(model, emb, label_attribute=label_attribute, notes=notes)
+    with times.stage("protocols"):
+        metrics["protocols"] = protocol_section(model, emb, protocol=config_protocol, notes=notes)
+    with times.stage("arithmetic"):
+        metrics["arithmetic"] = arithmetic_section(emb, label_attribute=label_attribute, notes=notes)
+    with times.stage("groupwise"):
+        metrics["groupwise"] = groupwise_section(emb, label_attribute=label_attribute, notes=notes)
+    with times.stage("gap", "modality gap and the shift experiment, alignment"):
+        metrics["gap"], metrics["gap_shift"] = gap_section(emb, label_attribute=label_attribute, device=device,
+                                                           notes=notes)
+    with times.stage("alignment"):
+        metrics["alignment"] = alignment_section(emb, notes=notes)
+    anchor_identity = model.anchor.identity
+    del model
+    if checkpoint_samples > 0:
+        with times.stage("alignment_across_checkpoints",
+                         f"alignment across checkpoints ({checkpoint_samples} samples each)"):
+            metrics["alignment_across_checkpoints"] = checkpoint_alignment(
+                run_dir, shards, max_samples=checkpoint_samples, batch_size=batch_size, num_workers=num_workers,
+                device=device, label_attribute=label_attribute, reuse=Reuse(emb, anchor_identity))
+    else:
+        metrics["alignment_across_checkpoints"] = {}
+        notes.append("alignment_across_checkpoints: skipped (checkpoint_samples=0)")
+    with times.stage("visiocentrism", "visiocentrism probes"):
+        metrics["visiocentrism"] = visiocentrism_section(emb, loss_cfg, notes=notes)
+    with times.stage("compare"):
+        metrics["compare"] = {
+            str(other): _compare_block(Path(other), shards, eval_config)
+            for other in compare
+        }
+    metrics["notes"] = notes
+    metrics["headline"] = headline(metrics, text_queries=text_modalities(emb.modalities))
+    metrics["timings_s"] = times.summary()
+    metrics = _jsonable(metrics)
+    _write_json(run_dir / METRICS_FILE, metrics)
+    update_headline(run_dir / "model", metrics)  # the model card's headline table, when the run has one
+    return metrics
+
+
+def _evaluate_baselines(metrics: dict[str, Any], baselines: Sequence[str], baselines_embedded: dict[str, Embedded],
+                        shards: str, label_attribute: str, batch_size: int, num_workers: int,
+                        device: torch.device) -> None:
+    """``metrics["baselines"]`` and ``metrics["emergent_vs_direct"]`` for each directly trained baseline run."""
     for base in baselines:
         base_dir = Path(base)
         if base in baselines_embedded:
@@ -372,36 +451,6 @@ def _evaluate(run_dir: Path, shards: str, config: EvalConfig, *, device: torch.d
                                                "decode_errors": _decode_errors(base_emb)}
         for pair, block in compare_with_direct(metrics["retrieval"], base_retrieval, str(base_dir)).items():
             metrics["emergent_vs_direct"].setdefault(pair, block)
-    _stage("zero-shot, arithmetic, group-wise structure")
-    metrics["zero_shot"] = zero_shot_section(model, emb, label_attribute=label_attribute, notes=notes)
-    metrics["protocols"] = protocol_section(model, emb, protocol=config_protocol, notes=notes)
-    metrics["arithmetic"] = arithmetic_section(emb, label_attribute=label_attribute, notes=notes)
-    metrics["groupwise"] = groupwise_section(emb, label_attribute=label_attribute, notes=notes)
-    _stage("modality gap and the shift experiment, alignment")
-    metrics["gap"], metrics["gap_shift"] = gap_section(emb, label_attribute=label_attribute, device=device,
-                                                       notes=notes)
-    metrics["alignment"] = alignment_section(emb, notes=notes)
-    del model
-    if checkpoint_samples > 0:
-        _stage(f"alignment across checkpoints ({checkpoint_samples} samples each)")
-        metrics["alignment_across_checkpoints"] = checkpoint_alignment(
-            run_dir, shards, max_samples=checkpoint_samples, batch_size=batch_size, num_workers=num_workers,
-            device=device, label_attribute=label_attribute)
-    else:
-        metrics["alignment_across_checkpoints"] = {}
-        notes.append("alignment_across_checkpoints: skipped (checkpoint_samples=0)")
-    _stage("visiocentrism probes")
-    metrics["visiocentrism"] = visiocentrism_section(emb, loss_cfg, notes=notes)
-    metrics["compare"] = {
-        str(other): _compare_block(Path(other), shards, eval_config)
-        for other in compare
-    }
-    metrics["notes"] = notes
-    metrics["headline"] = headline(metrics, text_queries=text_modalities(emb.modalities))
-    metrics = _jsonable(metrics)
-    _write_json(run_dir / METRICS_FILE, metrics)
-    update_headline(run_dir / "model", metrics)  # the model card's headline table, when the run has one
-    return metrics
 
 
 def headline(metrics: dict[str, Any], *, text_queries: Sequence[str] | None = None) -> dict[str, float | None]:

@@ -26,7 +26,7 @@ from anchorbind.model import BindModel
 from anchorbind.plugin import move_to_device
 from anchorbind.registry import ANCHOR_MODALITY
 
-__all__ = ["EmbeddingSet", "EmbeddingShare", "embed_share", "extract_embeddings", "merge_shares"]
+__all__ = ["EmbeddingSet", "EmbeddingShare", "Reuse", "embed_share", "extract_embeddings", "merge_shares"]
 
 
 @dataclass
@@ -206,6 +206,39 @@ class EmbeddingShare:
     shard_of_error: list[int]
 
 
+@dataclass
+class Reuse:
+    """The frozen anchor's rows of an earlier :class:`EmbeddingSet`, reused by sample key.
+
+    The anchor is frozen, so every checkpoint of a run embeds the test images exactly as the
+    final model does: evaluating the checkpoints need not decode and encode them again.
+
+    Attributes:
+        rows: the earlier embedding (the final model's, for its checkpoints).
+        anchor_identity: the identity of the anchor that made them; a model with another anchor
+            embeds its images itself.
+    """
+
+    rows: EmbeddingSet
+    anchor_identity: str
+
+    def __post_init__(self) -> None:
+        self._index = {key: i for i, key in enumerate(self.rows.keys)}
+
+    def modalities(self, model: BindModel) -> tuple[str, ...]:
+        usable = model.anchor.identity == self.anchor_identity and ANCHOR_MODALITY in self.rows.embeddings
+        return (ANCHOR_MODALITY,) if usable else ()
+
+    def fill(self, name: str, keys: Sequence[str], chunk: dict[str, list[torch.Tensor]]) -> None:
+        """Append the rows of ``keys`` to ``chunk`` (zeros and mask False for a key it has no row of)."""
+        found = [self._index.get(key) for key in keys]
+        rows = torch.tensor([i if i is not None else 0 for i in found], dtype=torch.long)
+        have = torch.tensor([i is not None for i in found], dtype=torch.bool) & self.rows.masks[name][rows]
+        chunk["emb"].append(self.rows.embeddings[name][rows] * have[:, None])
+        chunk["feat"].append(self.rows.features[name][rows] * have[:, None])
+        chunk["mask"].append(have)
+
+
 @torch.inference_mode()
 def embed_share(
     model: BindModel,
@@ -215,15 +248,20 @@ def embed_share(
     num_workers: int = 2,
     max_samples: int | None = None,
     progress: bool = True,
+    reuse: Reuse | None = None,
 ) -> EmbeddingShare:
     """Embed what the evaluation loader gives this process: the whole split in a single process,
     this rank's shards in a process group (each sample to exactly one rank).
 
     ``max_samples`` keeps the first that many rows in the loader's order. Merge shares with
-    :func:`merge_shares` (:func:`extract_embeddings` does both in one process).
+    :func:`merge_shares` (:func:`extract_embeddings` does both in one process). ``reuse``: rows
+    of modalities embedded before by the same frozen encoder, taken by key instead of decoding
+    and encoding them again.
     """
     model.eval()
-    processors = {name: model.processor(name) for name in model.modalities}  # no model: what workers get
+    reused = reuse.modalities(model) if reuse is not None else ()
+    # no model: what workers get; a reused modality is not even decoded
+    processors = {name: model.processor(name) for name in model.modalities if name not in reused}
     index_of = _shard_indexer(expand_shards(shards))
     loader = build_loader(shards, processors, train=False, batch_size=batch_size, num_workers=num_workers)
     keys: list[str] = []
@@ -245,6 +283,9 @@ def embed_share(
         meta.extend(batch.get("json") or [None] * size)
         errors.extend(batch.get("errors", ()))
         for name in model.modalities:
+            if name in reused:
+                reuse.fill(name, batch["__key__"], chunks[name])
+                continue
             encoder = model.encoder(name)
             mask = batch["mask"][name].bool() if name in batch else torch.zeros(size, dtype=torch.bool)
             full_e, full_f = torch.zeros(size, model.embed_dim), torch.zeros(size, widths[name])
@@ -322,6 +363,7 @@ def extract_embeddings(
     num_workers: int = 2,
     max_samples: int | None = None,
     progress: bool = True,
+    reuse: Reuse | None = None,
 ) -> EmbeddingSet:
     """Embed every sample of ``shards`` exactly once with every modality of ``model``.
 
@@ -335,4 +377,4 @@ def extract_embeddings(
     (what ``anchorbind eval`` does under ``accelerate launch``).
     """
     return merge_shares([embed_share(model, shards, batch_size=batch_size, num_workers=num_workers,
-                                     max_samples=max_samples, progress=progress)])
+                                     max_samples=max_samples, progress=progress, reuse=reuse)])
