@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,10 @@ import torch
 
 from anchorbind.errors import ConfigError, ModelFileError
 from anchorbind.evaluation.checkpoint_alignment import checkpoint_alignment
-from anchorbind.evaluation.evaluate import evaluate_run
+from anchorbind.evaluation.evaluate import EvalConfig, evaluate_run
 from anchorbind.evaluation.extract import EmbeddingSet, Reuse, extract_embeddings
 from anchorbind.evaluation.pairs import ordered_pairs, pair_kind
+from anchorbind.evaluation.split_cache import SplitAnchorCache
 from anchorbind.evaluation.visiocentrism import visiocentrism_index
 from anchorbind.model import BindModel
 from anchorbind.train.config import load_train_config
@@ -81,6 +83,26 @@ def test_checkpoints_reuse_the_frozen_anchor_rows_instead_of_embedding_the_image
         for measure, value in a.items():
             if isinstance(value, float):
                 assert value == pytest.approx(b[measure], abs=1e-4), (a["checkpoint"], measure)
+
+
+def test_a_split_is_embedded_by_the_anchor_once_per_anchor(runs, world_dir, tmp_path):
+    split = tmp_path / "test"
+    shutil.copytree(world_dir / "test", split)
+    config = EvalConfig(checkpoint_samples=0, num_workers=0, batch_size=16)
+    first = evaluate_run(runs["bind"], str(split), config)
+    identity = first["anchor_identity"]
+    cache = SplitAnchorCache.for_split(str(split), identity)
+    reuse = cache.load()
+    assert reuse is not None and len(reuse.rows.keys) == first["num_samples"]
+    assert cache.path.parent.parent.parent == split / "anchor-cache", "kept with the split's anchor cache"
+    again = evaluate_run(runs["bind"], str(split), config)
+    for pair, block in first["retrieval"].items():
+        for measure in ("instance/R@1", "instance/R@10", "instance/median_rank"):
+            assert again["retrieval"][pair][measure] == pytest.approx(block[measure], abs=1e-6), (pair, measure)
+    assert again["timings_s"]["load_and_embed"] > 0
+    # a changed split is embedded again
+    (split / "world-000000.tar").touch()
+    assert SplitAnchorCache.for_split(str(split), identity).load() is None
 
 
 @pytest.mark.slow

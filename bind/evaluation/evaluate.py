@@ -57,6 +57,7 @@ from anchorbind.evaluation.schema import (
     unobserved_attributes,
 )
 from anchorbind.evaluation.shard_check import check_shards, member_readers
+from anchorbind.evaluation.split_cache import SplitAnchorCache
 from anchorbind.evaluation.visiocentrism import visiocentrism_section
 from anchorbind.evaluation.zeroshot import zero_shot_section
 from anchorbind.model import BindModel
@@ -121,8 +122,12 @@ def _load_and_embed(run_dir: Path, shards: str, *, ignore: Sequence[str], batch_
     config = _run_config(run_dir)
     model = _load_model(run_dir).to(device).eval()
     ignored = check_shards(shards, model.modalities, ignore=ignore, source=f"the model in {run_dir}")
-    emb = extract_embeddings(model, shards, batch_size=batch_size, num_workers=num_workers)
+    cache = SplitAnchorCache.for_split(shards, model.anchor.identity) if ANCHOR_MODALITY in model.modalities else None
+    reuse = cache.load() if cache is not None else None
+    emb = extract_embeddings(model, shards, batch_size=batch_size, num_workers=num_workers, reuse=reuse)
     _require_rows(shards, emb)
+    if cache is not None and reuse is None:
+        cache.save(emb)  # the next evaluation of this split with this anchor takes the anchor's rows
     return model, config, emb, ignored
 
 

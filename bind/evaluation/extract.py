@@ -229,14 +229,34 @@ class Reuse:
         usable = model.anchor.identity == self.anchor_identity and ANCHOR_MODALITY in self.rows.embeddings
         return (ANCHOR_MODALITY,) if usable else ()
 
-    def fill(self, name: str, keys: Sequence[str], chunk: dict[str, list[torch.Tensor]]) -> None:
-        """Append the rows of ``keys`` to ``chunk`` (zeros and mask False for a key it has no row of)."""
+    def fill(self, name: str, keys: Sequence[str], present: torch.Tensor, chunk: dict[str, list[torch.Tensor]]
+             ) -> None:
+        """Append the rows of ``keys`` to ``chunk``; ``present``: which samples hold the modality's
+        member. A sample without a row here (its image failed to decode) gets zeros, mask False."""
         found = [self._index.get(key) for key in keys]
         rows = torch.tensor([i if i is not None else 0 for i in found], dtype=torch.long)
-        have = torch.tensor([i is not None for i in found], dtype=torch.bool) & self.rows.masks[name][rows]
+        have = torch.tensor([i is not None for i in found], dtype=torch.bool) & self.rows.masks[name][rows] & present
         chunk["emb"].append(self.rows.embeddings[name][rows] * have[:, None])
         chunk["feat"].append(self.rows.features[name][rows] * have[:, None])
         chunk["mask"].append(have)
+
+    def errors(self, name: str) -> list[dict[str, Any]]:
+        """The decode errors the earlier embedding met for ``name`` (reported again: not decoded now)."""
+        return [e for e in self.rows.errors if e.get("modality") == name]
+
+
+class _PresenceOnly:
+    """A processor that finds a modality's member without decoding it: the loader then keeps the
+    samples that hold it and says which do (``batch["mask"]``), and the rows come from :class:`Reuse`."""
+
+    def __init__(self, sample_keys: Sequence[str]) -> None:
+        self.sample_keys = tuple(sample_keys)
+
+    def load(self, source: Any, *, train: bool = False) -> bool:
+        return True
+
+    def collate(self, samples: Sequence[Any]) -> int:
+        return len(samples)
 
 
 @torch.inference_mode()
@@ -261,7 +281,8 @@ def embed_share(
     model.eval()
     reused = reuse.modalities(model) if reuse is not None else ()
     # no model: what workers get; a reused modality is not even decoded
-    processors = {name: model.processor(name) for name in model.modalities if name not in reused}
+    processors = {name: _PresenceOnly(model.processor(name).sample_keys) if name in reused else model.processor(name)
+                  for name in model.modalities}
     index_of = _shard_indexer(expand_shards(shards))
     loader = build_loader(shards, processors, train=False, batch_size=batch_size, num_workers=num_workers)
     keys: list[str] = []
@@ -284,7 +305,8 @@ def embed_share(
         errors.extend(batch.get("errors", ()))
         for name in model.modalities:
             if name in reused:
-                reuse.fill(name, batch["__key__"], chunks[name])
+                present = batch["mask"][name].bool() if name in batch["mask"] else torch.zeros(size, dtype=torch.bool)
+                reuse.fill(name, batch["__key__"], present, chunks[name])
                 continue
             encoder = model.encoder(name)
             mask = batch["mask"][name].bool() if name in batch else torch.zeros(size, dtype=torch.bool)
@@ -299,6 +321,9 @@ def embed_share(
             chunks[name]["feat"].append(full_f)
             chunks[name]["mask"].append(mask.bool())
     n = len(keys) if max_samples is None else min(len(keys), max_samples)
+    if reused:
+        kept = set(keys[:n])
+        errors += [e for name in reused for e in reuse.errors(name) if e.get("key") in kept]
     rows = EmbeddingSet(
         keys=keys[:n],
         embeddings={m: torch.cat(c["emb"])[:n] for m, c in chunks.items()},
