@@ -38,6 +38,17 @@ def quality(demo_dir: Path) -> dict:
         "visiocentrism_index_audio": bound["visiocentrism"]["index"].get("audio"),
         "visiocentrism_index_audio_mitigated": mitigated.get("visiocentrism_index", {}).get("audio"),
     }
+    # instance level (each query's own item; chance 1 / test samples) next to category level, every pair
+    result["by_pair"] = {pair: {"kind": block.get("kind"),
+                                "category/R@1": block.get("category/R@1"),
+                                "instance/R@1": block.get("instance/R@1"),
+                                "instance/R@10": block.get("instance/R@10"),
+                                "chance/instance/R@1": block.get("chance/instance/R@1")}
+                         for pair, block in retrieval.items()}
+    result["emergent_over_direct_instance_R@1"] = comparison.get("ratio/instance/R@1")
+    summary = bound["visiocentrism"].get("summary", {}).get("audio", {})
+    result["visiocentrism_audio"] = {key: summary.get(key) for key in (
+        "index", "index_ci95", "index_std", "index_attributes", "index_excluded", "index_undefined_reason")}
     result["targets"] = {
         "emergent >= 5x chance": result["emergent_over_chance"] >= 5,
         "emergent >= 0.7x direct": result["emergent_over_direct"] >= 0.7,
