@@ -86,12 +86,17 @@ def test_caches_of_two_anchors_live_side_by_side_and_a_stale_one_is_refused(shar
     assert shards_have_anchor_cache(str(shards), other_identity), "the first anchor's cache is kept"
     # a sidecar that does not follow its shard (here: the other shard's) is never used silently
     sidecar = _sidecar(shards, anchor)
+    own = sidecar.read_bytes()
     shutil.copy(_sidecar(shards, anchor, "world-000001.tar"), sidecar)
     loader = build_loader(str(shards), {}, train=False, batch_size=16, num_workers=0, use_anchor_cache=True,
                           anchor_identity=anchor.identity,
                           anchor_sidecars=anchor_cache_status(str(shards), anchor.identity).sidecars)
     with pytest.raises(AnchorCacheMismatch, match=r"does not follow shard .*world-000000.tar.*anchorbind cache"):
         next(iter(loader))
+    # a damaged sidecar (cut inside a member) is said to be damaged, not read as a shorter one
+    sidecar.write_bytes(own[: len(own) // 2 + 100])
+    with pytest.raises(AnchorCacheMismatch, match=r"anchor cache .*world-000000.tar is damaged"):
+        list(loader)
 
 
 def test_rerun_skips_finished_sidecars_and_a_replaced_or_broken_shard_is_handled(world_dir, shards, anchor):

@@ -248,7 +248,7 @@ def _read_segment(url: str, start: int, stop: int | None, *, options: StreamOpti
     try:
         samples = shard_samples(url, options, start=start, stop=stop, handler=handler)
         if sidecar is not None:
-            cached = shard_samples(sidecar, options, start=start, stop=stop, handler=_raise)
+            cached = shard_samples(sidecar, options, start=start, stop=stop, handler=_damaged(sidecar))
             try:
                 yield from attach_cached(samples, cached, identity=identity or "", sidecar=sidecar)
             finally:
@@ -266,8 +266,15 @@ def _read_segment(url: str, start: int, stop: int | None, *, options: StreamOpti
         errors.failed()
 
 
-def _raise(exn: Exception) -> bool:
-    raise exn  # a sidecar is written whole by ``anchorbind cache``: any damage is the shard's failure
+def _damaged(sidecar: str) -> Any:
+    """The tar handler of a sidecar: ``anchorbind cache`` writes it whole, so a corrupt member or
+    archive is a damaged cache, reported as such (never skipped: its rows would shift)."""
+
+    def handle(exn: Exception) -> bool:
+        raise AnchorCacheMismatch(f"anchor cache {sidecar} is damaged ({type(exn).__name__}: {exn}); rerun "
+                                  "`anchorbind cache` on its shard, or train with data.anchor=live")
+
+    return handle
 
 
 def read_planned(plan: ReaderPlan, *, options: StreamOptions, errors: ErrorLog, failed: FailedShards,
