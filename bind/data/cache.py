@@ -68,7 +68,7 @@ from anchorbind.data.anchor_store import (
     read_records,
 )
 from anchorbind.data.shardlist import expand_shards, is_url
-from anchorbind.data.sidecar_cache import jobs_for, write_sidecars
+from anchorbind.data.sidecar_cache import jobs_for, npy_bytes, tar_member, write_atomic, write_sidecars
 from anchorbind.data.streaming import StreamOptions, local_path
 from anchorbind.data.tempfiles import remove_stale
 from anchorbind.errors import ConfigError, InputError
@@ -213,12 +213,6 @@ def shards_have_anchor_cache(shards: str | Sequence[str], identity: str, root: s
     return anchor_cache_status(shards, identity, root).complete
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 _MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 """webdataset's rule (``base_plus_ext``): a member's sample key is its path up to the first dot of
 the file name, the rest its extension; consecutive regular files sharing a key are one sample."""
@@ -281,14 +275,8 @@ def _embed(anchor: FrozenAnchor, groups: list[_Group], device: torch.device, pat
     with torch.inference_mode():
         embeddings = anchor(processor.collate(images).to(device)).float().cpu().numpy().astype(np.float16)
     for group, vector in zip(embedded, embeddings, strict=True):
-        group.vector = _npy_bytes(vector)
+        group.vector = npy_bytes(vector)
     return len(embedded)
-
-
-def _added_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o444
-    return info, data
 
 
 def cache_shard(anchor: FrozenAnchor, path: str | os.PathLike[str], *, batch_size: int = 64,
@@ -324,9 +312,8 @@ def cache_shard(anchor: FrozenAnchor, path: str | os.PathLike[str], *, batch_siz
         for entry in pending:
             if isinstance(entry, _Group):
                 if entry.vector is not None:
-                    for info, data in (_added_member(f"{entry.key}.{ANCHOR_KEY}", entry.vector),
-                                       _added_member(f"{entry.key}.{ANCHOR_ID_KEY}", identity)):
-                        out.addfile(info, io.BytesIO(data))
+                    out.addfile(*tar_member(f"{entry.key}.{ANCHOR_KEY}", entry.vector))
+                    out.addfile(*tar_member(f"{entry.key}.{ANCHOR_ID_KEY}", identity))
             else:
                 info, data = entry
                 out.addfile(info, io.BytesIO(data) if data is not None else None)
@@ -363,9 +350,7 @@ def cache_shard(anchor: FrozenAnchor, path: str | os.PathLike[str], *, batch_siz
               "failures": len(report.failures) - failures_before, "bytes": path.stat().st_size,
               "created_by": "anchorbind cache"}
     side = sidecar_path(path)
-    side_tmp = side.with_name(f".{side.name}.writing-{os.getpid()}")
-    side_tmp.write_text(json.dumps(record, indent=2))
-    os.replace(side_tmp, side)
+    write_atomic(side, json.dumps(record, indent=2))
     report.samples += samples
     return report
 

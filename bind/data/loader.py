@@ -91,7 +91,7 @@ MAX_CONSECUTIVE_FAILURES = 1000
 """An endless training stream raises after this many failures in a row without a usable sample."""
 
 
-def _single_thread_worker(_: int) -> None:
+def single_thread_worker(_: int) -> None:
     # Decoding is per-sample work; intra-op threads in every worker would oversubscribe the cores
     # that the training process needs.
     torch.set_num_threads(1)
@@ -325,5 +325,5 @@ def build_loader(
         generator=torch.Generator().manual_seed(mix_seed(seed, epoch, rank) & 0xFFFFFFFF),
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
-        worker_init_fn=_single_thread_worker,
+        worker_init_fn=single_thread_worker,
     )

@@ -36,7 +36,9 @@ from anchorbind.data.anchor_store import (
     cache_folder,
     shard_name,
 )
-from anchorbind.data.streaming import StreamOptions, local_path, shard_samples
+from anchorbind.data.loader import single_thread_worker
+from anchorbind.data.shardlist import iter_shard
+from anchorbind.data.streaming import StreamOptions, local_path
 from anchorbind.data.tempfiles import remove_stale, temporary_name
 
 __all__ = ["SidecarJob", "write_sidecars"]
@@ -54,12 +56,6 @@ NO_IMAGE = "no image in the sample"
 """The sidecar entry of a sample without an image (not a failure: it has nothing to embed)."""
 
 
-def _reraise(exn: Exception) -> bool:
-    raise exn
-
-
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)  # workers decode one sample at a time; the anchor needs the cores
 
 
 def _reason(err: Exception) -> str:
@@ -88,7 +84,7 @@ class _ShardImages(torch.utils.data.IterableDataset):
         images: list[Any] = []
         keys = tuple(self.processor.sample_keys)
         try:
-            for _, sample in shard_samples(url, self.options, handler=_reraise):
+            for sample in iter_shard(url, self.options):
                 member = next((k for k in keys if k in sample), None)
                 if member is None:
                     entries.append((sample["__key__"], NO_IMAGE))
@@ -108,19 +104,21 @@ class _ShardImages(torch.utils.data.IterableDataset):
                "done": True}
 
 
-def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+def tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    """A read-only member ``name`` holding ``data``, ready for ``TarFile.addfile`` (mtime 0: reproducible)."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o444
     return info, io.BytesIO(data)
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (no pickle)."""
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(temporary_name(path.name))
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -141,11 +139,11 @@ class _SidecarWriter:
         for key, reason in entries:
             if reason is None:
                 assert vectors is not None
-                self.tar.addfile(*_member(f"{key}.{ANCHOR_KEY}", _npy_bytes(vectors[row])))
+                self.tar.addfile(*tar_member(f"{key}.{ANCHOR_KEY}", npy_bytes(vectors[row])))
                 row += 1
                 self.cached += 1
             else:
-                self.tar.addfile(*_member(f"{key}.{ANCHOR_ERROR_KEY}", reason.encode("utf-8")))
+                self.tar.addfile(*tar_member(f"{key}.{ANCHOR_ERROR_KEY}", reason.encode("utf-8")))
                 if reason != NO_IMAGE:
                     self.failures.append((key, reason))
             self.samples += 1
@@ -157,7 +155,7 @@ class _SidecarWriter:
         size = os.path.getsize(shard) if shard is not None and not self.job.url.startswith("pipe:") else None
         record = SidecarRecord(identity, self.samples, self.cached, len(self.failures), size)
         side = self.job.sidecar
-        _write_atomic(side.with_name(side.name + ".json"), json.dumps(record.to_dict(), indent=2))
+        write_atomic(side.with_name(side.name + ".json"), json.dumps(record.to_dict(), indent=2))
         return record
 
     def abort(self) -> None:
@@ -181,7 +179,7 @@ def prepare_folder(root: str, identity: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / IDENTITY_FILE
     if not marker.exists():
-        _write_atomic(marker, json.dumps({"identity": identity}, indent=2))
+        write_atomic(marker, json.dumps({"identity": identity}, indent=2))
     return folder
 
 
@@ -213,7 +211,7 @@ def write_sidecars(anchor: FrozenAnchor, jobs: Sequence[SidecarJob], *, batch_si
     workers = min(num_workers, len(jobs))
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
                                          prefetch_factor=2 if workers else None,
-                                         worker_init_fn=_one_thread if workers else None)
+                                         worker_init_fn=single_thread_worker if workers else None)
     writers: dict[int, _SidecarWriter] = {}
     try:
         with torch.inference_mode():
