@@ -19,6 +19,11 @@ and the PCA and solver seeded with it, and the features are fitted in float64, s
 different BLAS thread count (which reorders floating-point sums) cannot flip a prediction at the
 precision a float32 fit would leave. :func:`cross_validated_probe` keeps every row's
 out-of-fold prediction, which significance tests and bootstrap intervals need.
+
+Fits run with one BLAS thread (``threadpoolctl``). A probe's matrices are a few hundred rows
+wide, too small for threads to pay off, and inside an evaluation torch's OpenMP workers keep
+spinning after each tensor op: OpenBLAS threads competing with them made the same fit 4-5x
+slower (``bench/bench_probe.py``). The predictions are the same either way.
 """
 
 from __future__ import annotations
@@ -35,12 +40,16 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from anchorbind.errors import InputError
 from anchorbind.metrics.checks import ArrayLike, as_label_array, as_matrix
 
 __all__ = ["CrossValidatedProbe", "cross_validated_probe", "linear_probe", "make_linear_probe",
            "stratified_split"]
+
+PROBE_BLAS_THREADS = 1
+"""BLAS threads of a probe fit (see the module docstring for why one)."""
 
 
 def make_linear_probe(*, C: float = 1.0, max_iter: int = 1000, seed: int = 0,
@@ -119,8 +128,9 @@ def linear_probe(
         probe = make_linear_probe(C=C, max_iter=max_iter, seed=seed,
                                   components=_pca_size(components, matrix.shape[1], len(train)))
         _check_class_counts(label_array[train], minimum=1, why="training a classifier")
-        probe.fit(matrix[train], label_array[train])
-        predicted = probe.predict(matrix[test])
+        with threadpool_limits(PROBE_BLAS_THREADS, user_api="blas"):
+            probe.fit(matrix[train], label_array[train])
+            predicted = probe.predict(matrix[test])
         return {
             "accuracy": float(accuracy_score(label_array[test], predicted)),
             "balanced_accuracy": float(balanced_accuracy_score(label_array[test], predicted)),
@@ -196,7 +206,8 @@ def cross_validated_probe(
     fold_of_row = np.empty(len(label_array), dtype=np.int64)
     accuracy, balanced = [], []
     for index, (train, test) in enumerate(folds.split(matrix, label_array)):
-        predicted = clone(template).fit(matrix[train], label_array[train]).predict(matrix[test])
+        with threadpool_limits(PROBE_BLAS_THREADS, user_api="blas"):
+            predicted = clone(template).fit(matrix[train], label_array[train]).predict(matrix[test])
         predictions[test], fold_of_row[test] = predicted, index
         accuracy.append(accuracy_score(label_array[test], predicted))
         balanced.append(balanced_accuracy_score(label_array[test], predicted))
