@@ -68,6 +68,7 @@ class FrozenAnchor(nn.Module):
         data_config: timm data config (input_size, interpolation, crop_pct, mean, std).
         identity: ``"<model>|<source>|sha256:<16 hex>|<H>x<W>"``; the hash covers every weight
             tensor, so caches of embeddings from other weights or resolutions can be refused.
+        memory_format: the layout of weights and input batches (``config.memory_format`` resolved).
     """
 
     name: ClassVar[str] = "image"
@@ -95,6 +96,8 @@ class FrozenAnchor(nn.Module):
         self.processor = ImageProcessor(config, data_config=resolve_data_config(args=args, model=self.model))
         _, height, width = self.data_config["input_size"]
         self.identity = f"{config.model}|{source}|sha256:{_weights_digest(self.model)}|{height}x{width}"
+        self.memory_format = _memory_format(config.memory_format, self.model)
+        self.model.to(memory_format=self.memory_format)
         logger.info("anchor %s: embed_dim=%d, input %s", self.identity, self.embed_dim, self.data_config)
 
     # ------------------------------------------------------------------ frozen-ness
@@ -169,7 +172,7 @@ class FrozenAnchor(nn.Module):
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
             raise InputError(images, "expected a float tensor (B, 3, H, W) from load_batch()", self.name)
         param = next(self.model.parameters())
-        return images.to(device=param.device, dtype=param.dtype)
+        return images.to(device=param.device, dtype=param.dtype, memory_format=self.memory_format)
 
     def extra_repr(self) -> str:
         return f"identity={self.identity!r}, embed_dim={self.embed_dim}"
@@ -233,6 +236,14 @@ def _classifier_keys(model: nn.Module) -> list[str]:
     names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
     prefixes = tuple(f"{name}." for name in ([names] if isinstance(names, str) else names))
     return [key for key in model.state_dict() if prefixes and key.startswith(prefixes)]
+
+
+def _memory_format(choice: str, model: nn.Module) -> torch.memory_format:
+    """The layout ``anchor.memory_format`` names; ``"auto"``: channels-last for a convolutional network."""
+    if choice == "auto":
+        convolutions = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+        choice = "channels_last" if convolutions > 1 else "contiguous"
+    return torch.channels_last if choice == "channels_last" else torch.contiguous_format
 
 
 def _weights_digest(model: nn.Module) -> str:

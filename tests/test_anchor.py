@@ -379,3 +379,16 @@ def test_timm_weights_offline_fail_with_a_clear_message(tmp_path):
     )
     assert "CONFIG_ERROR: anchor.weights='timm'" in result.stdout, result.stdout + result.stderr
     assert "Hugging Face Hub" in result.stdout
+
+
+# ---------------------------------------------------------------------- memory layout
+def test_memory_format_auto_is_channels_last_for_convnets_and_agrees_with_contiguous(anchor, photo_batch):
+    assert anchor.memory_format == torch.channels_last
+    assert anchor.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    contiguous = FrozenAnchor({"memory_format": "contiguous"})
+    assert contiguous.memory_format == torch.contiguous_format and contiguous.identity == anchor.identity
+    assert torch.allclose(anchor(photo_batch), contiguous(photo_batch), atol=1e-6)
+    vit = FrozenAnchor({"model": "vit_tiny_patch16_224", "weights": "none", "image_size": 64})
+    assert vit.memory_format == torch.contiguous_format  # one convolution: the patch embedding
+    with pytest.raises(ConfigError, match=r"anchor\.memory_format: must be one of"):
+        FrozenAnchor({"memory_format": "nhwc"})
