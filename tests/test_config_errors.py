@@ -18,7 +18,7 @@ from anchorbind.config import load_yaml, resolve_config
 from anchorbind.data.shardlist import count_samples
 from anchorbind.errors import ConfigError
 from anchorbind.train.config import load_train_config
-from tests.test_cli_errors import anchorbind, assert_one_line_error
+from tests.test_cli_errors import anchorbind, assert_one_line_error, run_in_process
 
 
 def write_shard(path: Path, samples: int, exts: tuple[str, ...] = ("txt", "json")) -> Path:
@@ -225,7 +225,7 @@ def test_an_output_dir_that_is_a_file_is_refused(tmp_path, shards):
 
 
 # ---------------------------------------------------------------------- through the console script
-def test_train_config_mistakes_through_the_cli_exit_2_with_the_key_named(tmp_path, shards):
+def test_train_config_mistakes_through_the_cli_exit_2_with_the_key_named(tmp_path, shards, capsys, monkeypatch):
     valid = ["--config", "demo", "--set", f"data.train_shards={shards}", "--set", "data.eval_shards=null"]
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -238,5 +238,9 @@ def test_train_config_mistakes_through_the_cli_exit_2_with_the_key_named(tmp_pat
         (["--set", "data.batch_size=64"], ["data.batch_size must be <= the 6 samples"]),
         (["--set", "data.batch_size=2", "--output-dir", str(afile)], ["output_dir", "is a file"]),
     ]
-    for args, needles in cases:
-        assert_one_line_error(anchorbind("train", *valid, *args, cwd=tmp_path), 2, *needles)
+    # the first through the console script, the rest through the main() it calls, in this interpreter
+    (first_args, first_needles), *rest = cases
+    assert_one_line_error(anchorbind("train", *valid, *first_args, cwd=tmp_path), 2, *first_needles)
+    monkeypatch.chdir(tmp_path)
+    for args, needles in rest:
+        assert_one_line_error(run_in_process(capsys, "train", *valid, *args), 2, *needles)
