@@ -5,6 +5,10 @@
 * ``mfu``: achieved FLOP/s of one training step (forward + backward, counted by
   ``torch.utils.flop_counter``) against the matmul peak measured on this machine in this run.
 * ``processes``: samples/s with 1 and 2 processes (``accelerate launch``; gloo on a CPU).
+* ``cache_vs_ideal``: the trainer's cached-anchor samples/s against the *ideal step*: forward,
+  loss, backward, gradient clipping and the AdamW step of the same model on one pre-made cached
+  batch, no loader, no logging (what the trainer would reach if everything around the step were
+  free). The goal is >= 0.9; the rest is the loader hand-off, per-step Python and logging.
 
 Usage::
 
@@ -99,6 +103,48 @@ def step_flops_and_time(shards: Path, batch_size: int) -> dict[str, float]:
     return {"flops_per_step": float(counter.get_total_flops()), "seconds_per_step": min(times)}
 
 
+def ideal_cached_step(shards: Path, batch_size: int, repeats: int = 5) -> dict[str, float]:
+    """samples/s of the bare training step on one pre-made batch with cached anchor embeddings."""
+    from anchorbind.data.cache import anchor_cache_status
+    from anchorbind.data.loader import build_loader
+    from anchorbind.losses.binding import BindingLoss
+    from anchorbind.model import BindModel
+    from anchorbind.train.config import OptimConfig
+    from anchorbind.train.optim import build_optimizer
+
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    model = BindModel.from_config(cfg["model"]).train()
+    processors = {m: model.processor(m) for m in model.plugins}
+    shard_list = sorted(str(p) for p in shards.glob("*.tar"))
+    sidecars = anchor_cache_status(shard_list, model.anchor.identity).sidecars
+    batch = next(iter(build_loader(shard_list, processors, train=True, batch_size=batch_size, num_workers=0,
+                                   use_anchor_cache=True, anchor_identity=model.anchor.identity,
+                                   anchor_sidecars=sidecars)))
+    loss_fn = BindingLoss(weights=dict.fromkeys(model.plugins, 1.0))
+    optim_cfg = OptimConfig(**cfg.get("optim", {}))
+    optimizer = build_optimizer(model, optim_cfg)
+
+    def step() -> None:
+        out = model(batch)
+        loss = loss_fn(out["embeddings"], out["logit_scales"], out["masks"])["loss"]
+        for value in out["native"].values():
+            loss = loss + value
+        loss.backward()
+        if optim_cfg.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    seconds = sorted(times)[len(times) // 2]
+    return {"seconds_per_step": seconds, "samples_per_s": batch_size / seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=Path, help="training shards (a directory of .tar)")
@@ -127,6 +173,7 @@ def main() -> None:
         cache = run_training(demo_config(work / "cache", cached, args.steps, "cache", args.batch_size))
         one = cache
         two = run_training(demo_config(work / "two", cached, args.steps, "cache", args.batch_size), processes=2)
+        ideal = ideal_cached_step(cached, args.batch_size)
         peak = matmul_peak_flops()
         step = step_flops_and_time(cached, args.batch_size)
         achieved = step["flops_per_step"] / step["seconds_per_step"]
@@ -134,6 +181,9 @@ def main() -> None:
             "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
             "cache_vs_live": {"live_samples_per_s": live, "cache_samples_per_s": cache, "speedup": cache / live},
             "processes": {"1_samples_per_s": one, "2_samples_per_s": two, "scaling": two / one},
+            "cache_vs_ideal": {"trainer_samples_per_s": cache, "ideal_samples_per_s": ideal["samples_per_s"],
+                               "ideal_seconds_per_step": ideal["seconds_per_step"],
+                               "ratio": cache / ideal["samples_per_s"]},
             "mfu": {"matmul_peak_flops": peak, "step_flops": step["flops_per_step"],
                     "step_seconds": step["seconds_per_step"], "achieved_flops": achieved, "mfu": achieved / peak},
         }

@@ -6,9 +6,11 @@
 4. train the *direct* text–audio baseline (text and audio contrasted with each other only);
 5. bind again with the visiocentrism mitigation (the audio plugin's native objective);
 6. evaluate every run on the test split and write the report;
-7. print a headline table and the path of ``report.md``.
+7. print a headline table, the seconds each stage took and the path of ``report.md``.
 
-Every step is resumable: rerunning the command skips what is already complete.
+Every step is resumable: rerunning the command skips what is already complete. The stage times
+(``timings_s`` in ``demo_summary.json``) are the demo's own measurement of where its minutes go;
+a resumed stage shows the seconds its check took.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,25 @@ class DemoConfig:
     workers: int = 2
     mitigation_weight: float = 0.5
     checkpoint_samples: int = 200
+
+
+@dataclass
+class StageTimer:
+    """Wall-clock seconds per named stage, in the order the stages ran."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
+
+    def summary(self) -> dict[str, float]:
+        """The stage seconds and their ``total``."""
+        return {**self.seconds, "total": round(sum(self.seconds.values()), 2)}
 
 
 def _log(message: str) -> None:
@@ -75,37 +97,51 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from anchorbind.evaluation.report import write_report
     from anchorbind.pipelines.shards.world import write_world_shards
 
-    started = time.perf_counter()
+    timer = StageTimer()
     world = cfg.out / "world"
-    if not (world / "test" / "manifest.json").is_file():
-        _log(f"generating the world: {cfg.train_scenes} train + {cfg.test_scenes} test scenes")
-        write_world_shards(world, train=cfg.train_scenes, test=cfg.test_scenes, seed=cfg.seed,
-                           shard_size=500, workers=cfg.workers)
-    _log("caching anchor embeddings")
-    demo_yaml = load_yaml(packaged_config(CONFIG_NAME))
-    build_anchor_cache(sorted(str(p) for p in (world / "train").glob("*.tar")), demo_yaml["model"]["anchor"],
-                       batch_size=64)
+    with timer.stage("world"):
+        if not (world / "test" / "manifest.json").is_file():
+            _log(f"generating the world: {cfg.train_scenes} train + {cfg.test_scenes} test scenes")
+            write_world_shards(world, train=cfg.train_scenes, test=cfg.test_scenes, seed=cfg.seed,
+                               shard_size=500, workers=cfg.workers)
+    with timer.stage("anchor_cache"):
+        _log("caching anchor embeddings")
+        demo_yaml = load_yaml(packaged_config(CONFIG_NAME))
+        build_anchor_cache(sorted(str(p) for p in (world / "train").glob("*.tar")), demo_yaml["model"]["anchor"],
+                           batch_size=64)
 
-    bound = _train_run("bind", cfg, [])
-    direct = _train_run("direct", cfg, [
-        "model.modalities={text: {}, audio: {}}",
-        "loss.weights={text: 0.0, audio: 0.0}",
-        "loss.direct_pairs=[[text, audio]]",
-    ])
-    mitigated = _train_run("bind_mitigated", cfg, [
-        f"model.modalities.audio.native_loss_weight={cfg.mitigation_weight}",
-    ])
+    with timer.stage("train_bind"):
+        bound = _train_run("bind", cfg, [])
+    with timer.stage("train_direct"):
+        direct = _train_run("direct", cfg, [
+            "model.modalities={text: {}, audio: {}}",
+            "loss.weights={text: 0.0, audio: 0.0}",
+            "loss.direct_pairs=[[text, audio]]",
+        ])
+    with timer.stage("train_mitigated"):
+        mitigated = _train_run("bind_mitigated", cfg, [
+            f"model.modalities.audio.native_loss_weight={cfg.mitigation_weight}",
+        ])
 
     test = str(world / "test")
-    _log("evaluating the mitigated run (visiocentrism only)")
-    evaluate_run(mitigated, test, EvalConfig(checkpoint_samples=0, num_workers=cfg.workers))
-    _log("evaluating the bound run against the direct baseline and the mitigated run")
-    metrics = evaluate_run(bound, test, EvalConfig(baselines=(direct,), compare=(mitigated,),
-                                                   checkpoint_samples=cfg.checkpoint_samples, num_workers=cfg.workers))
-    report = write_report(bound)
+    with timer.stage("eval_mitigated"):
+        _log("evaluating the mitigated run (visiocentrism only)")
+        evaluate_run(mitigated, test, EvalConfig(checkpoint_samples=0, num_workers=cfg.workers))
+    with timer.stage("eval_bind"):
+        _log("evaluating the bound run against the direct baseline and the mitigated run")
+        metrics = evaluate_run(bound, test, EvalConfig(baselines=(direct,), compare=(mitigated,),
+                                                       checkpoint_samples=cfg.checkpoint_samples,
+                                                       num_workers=cfg.workers))
+    with timer.stage("report"):
+        report = write_report(bound)
     headline = metrics.get("headline", {})
-    _log(f"done in {(time.perf_counter() - started) / 60:.1f} min")
-    return {"headline": headline, "report": str(report)}
+    timings = timer.summary()
+    _log(f"done in {timings['total'] / 60:.1f} min")
+    return {"headline": headline, "report": str(report), "timings_s": timings}
+
+
+def _print_timings(timings: dict[str, float]) -> None:
+    print("\nseconds per stage: " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items()))
 
 
 def _print_headline(headline: dict[str, Any]) -> None:
@@ -129,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_demo(DemoConfig(out=args.out, train_scenes=args.train_scenes, test_scenes=args.test_scenes,
                                  seed=args.seed, steps=args.steps, workers=args.workers))
     _print_headline(result["headline"])
+    _print_timings(result["timings_s"])
     print(f"report: {result['report']}")
     summary = args.out / "demo_summary.json"
     tmp = summary.with_suffix(".tmp")

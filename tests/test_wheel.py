@@ -130,6 +130,12 @@ def test_demo_runs_every_stage_and_resumes_from_the_installed_wheel(venv, tmp_pa
     assert (out / "bind" / "report.md").is_file()
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["report"] == str(out / "bind" / "report.md")
+    timings = summary["timings_s"]  # the demo's own per-stage measurement
+    stages = ("world", "anchor_cache", "train_bind", "train_direct", "train_mitigated", "eval_mitigated",
+              "eval_bind", "report")
+    assert list(timings) == [*stages, "total"] and all(timings[s] > 0 for s in stages)
+    assert abs(timings["total"] - sum(timings[s] for s in stages)) < 0.05
+    assert "seconds per stage: world" in done.stdout
     assert "emergent text->audio category R@1" in done.stdout and "report:" in done.stdout
 
     # the quality bench reads the demo's evaluation (targets need the full-size demo)
