@@ -14,6 +14,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # pytest -n N: N test processes share the cores, so each (and every process it starts, through
+    # the environment) gets its share of threads; more threads than cores make OpenMP and BLAS
+    # workers spin against each other
+    _THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(min(_THREADS, torch.get_num_threads()))
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +48,21 @@ def subprocess_env(*extra_paths: str | Path, **variables: str) -> dict[str, str]
     if not env["PYTHONPATH"]:
         del env["PYTHONPATH"]
     return env
+
+
+LONGEST_MODULES = ("test_wheel", "test_rehearsal", "test_shared_state", "test_train_faults", "test_loader",
+                   "test_sampler", "test_accelerate_settings", "test_evaluate")
+"""Modules holding the longest end-to-end tests (``--durations``), collected first: ``pytest -n``
+hands whole modules to workers in collection order, so the long ones start at once and the
+short ones fill in beside them, instead of one long module running alone at the end."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)  # stable: every module keeps its own order
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -62,7 +62,7 @@ def test_an_unknown_nested_key_names_its_dotted_path_and_lists_that_sections_key
     assert "known keys of 'optim': betas, eps, grad_accum_steps, grad_clip_norm, lr" in text
     assert "checkpoint_every" not in text  # not the top level's keys
     with pytest.raises(ConfigError, match=r"'model\.anchor\.wieghts'.*known keys of 'model\.anchor': image_size, "
-                                          r"max_pixels, model, model_kwargs, output, weights"):
+                                          r"max_pixels, memory_format, model, model_kwargs, output, weights"):
         load("model.anchor.wieghts=none", shards=shards)
     with pytest.raises(ConfigError, match=r"'data\.batch_sise' \(did you mean 'batch_size'\?\); known keys of 'data'"):
         load("data.batch_sise=1", shards=shards)
