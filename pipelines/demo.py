@@ -69,6 +69,18 @@ def _log(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _fresh_metrics(run_dir: Path, sources: Sequence[Path]) -> dict[str, Any] | None:
+    """The run's ``metrics.json`` (written atomically, so complete) when it is newer than the
+    training of every run it was computed from; None when the evaluation must run (again)."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    written = path.stat().st_mtime
+    if any((d / "train_summary.json").stat().st_mtime > written for d in sources):
+        return None
+    return json.loads(path.read_text())
+
+
 def _train_run(name: str, cfg: DemoConfig, overrides: list[str]) -> Path:
     from anchorbind.train.config import load_train_config
     from anchorbind.train.loop import train
@@ -125,13 +137,20 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     test = str(world / "test")
     with timer.stage("eval_mitigated"):
-        _log("evaluating the mitigated run (visiocentrism only)")
-        evaluate_run(mitigated, test, EvalConfig(checkpoint_samples=0, num_workers=cfg.workers))
+        if _fresh_metrics(mitigated, [mitigated]) is not None:
+            _log("bind_mitigated: already evaluated, skipping")
+        else:
+            _log("evaluating the mitigated run (visiocentrism only)")
+            evaluate_run(mitigated, test, EvalConfig(checkpoint_samples=0, num_workers=cfg.workers))
     with timer.stage("eval_bind"):
-        _log("evaluating the bound run against the direct baseline and the mitigated run")
-        metrics = evaluate_run(bound, test, EvalConfig(baselines=(direct,), compare=(mitigated,),
-                                                       checkpoint_samples=cfg.checkpoint_samples,
-                                                       num_workers=cfg.workers))
+        metrics = _fresh_metrics(bound, [bound, direct, mitigated])
+        if metrics is not None:
+            _log("bind: already evaluated, skipping")
+        else:
+            _log("evaluating the bound run against the direct baseline and the mitigated run")
+            metrics = evaluate_run(bound, test, EvalConfig(baselines=(direct,), compare=(mitigated,),
+                                                           checkpoint_samples=cfg.checkpoint_samples,
+                                                           num_workers=cfg.workers))
     with timer.stage("report"):
         report = write_report(bound)
     headline = metrics.get("headline", {})

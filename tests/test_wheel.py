@@ -147,3 +147,5 @@ def test_demo_runs_every_stage_and_resumes_from_the_installed_wheel(venv, tmp_pa
     # rerunning skips every finished stage
     again = run(venv, *command, cwd=tmp_path)
     assert again.stdout.count("already trained, skipping") == 3
+    assert again.stdout.count("already evaluated, skipping") == 2
+    assert json.loads((out / "demo_summary.json").read_text())["headline"].keys() == summary["headline"].keys()
