@@ -22,7 +22,7 @@ out-of-fold prediction, which significance tests and bootstrap intervals need.
 
 Fits run with one BLAS thread (``threadpoolctl``). A probe's matrices are a few hundred rows
 wide, too small for threads to pay off, and inside an evaluation torch's OpenMP workers keep
-spinning after each tensor op: OpenBLAS threads competing with them made the same fit 4-5x
+spinning after each tensor op: OpenBLAS threads competing with them made the same fit 2-4x
 slower (``bench/bench_probe.py``). The predictions are the same either way.
 """
 
