@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,25 +43,6 @@ class DemoConfig:
     workers: int = 2
     mitigation_weight: float = 0.5
     checkpoint_samples: int = 200
-
-
-@dataclass
-class StageTimer:
-    """Wall-clock seconds per named stage, in the order the stages ran."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
-
-    def summary(self) -> dict[str, float]:
-        """The stage seconds and their ``total``."""
-        return {**self.seconds, "total": round(sum(self.seconds.values()), 2)}
 
 
 def _log(message: str) -> None:
@@ -105,11 +85,11 @@ def _train_run(name: str, cfg: DemoConfig, overrides: list[str]) -> Path:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage; returns the headline numbers."""
     from anchorbind.data.cache import build_anchor_cache
-    from anchorbind.evaluation.evaluate import EvalConfig, evaluate_run
+    from anchorbind.evaluation.evaluate import EvalConfig, StageTimes, evaluate_run
     from anchorbind.evaluation.report import write_report
     from anchorbind.pipelines.shards.world import write_world_shards
 
-    timer = StageTimer()
+    timer = StageTimes()
     world = cfg.out / "world"
     with timer.stage("world"):
         if not (world / "test" / "manifest.json").is_file():

@@ -64,7 +64,7 @@ from anchorbind.model import BindModel
 from anchorbind.model_card import update_headline
 from anchorbind.registry import ANCHOR_MODALITY, text_modalities
 
-__all__ = ["EMBEDDINGS_FILE", "METRICS_FILE", "EvalConfig", "evaluate_run", "headline", "main"]
+__all__ = ["EMBEDDINGS_FILE", "METRICS_FILE", "EvalConfig", "StageTimes", "evaluate_run", "headline", "main"]
 
 EMBEDDINGS_FILE = "embeddings_test.safetensors"
 METRICS_FILE = "metrics.json"
@@ -159,7 +159,8 @@ def _stage(name: str) -> None:
 
 
 class StageTimes:
-    """Wall-clock seconds of each evaluation stage, for ``metrics.json`` ``timings_s`` (where eval time goes)."""
+    """Wall-clock seconds of named stages: evaluation's ``metrics.json`` ``timings_s`` and the demo's
+    ``demo_summary.json`` ``timings_s`` (where the time goes)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
